@@ -1,0 +1,34 @@
+# Everyday commands. `make run` brings the demo up; `make test` runs the suite.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_ENV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1}
+
+.PHONY: install run test migrate clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(DEMO_ENV) $(PY) manage.py migrate --noinput
+
+# The demo: SQLite and the in-process backends; the scheduler runs the stages every few seconds.
+run: migrate
+	$(DEMO_ENV) $(PY) manage.py ensure_demo --base-url http://$(HOST):$(PORT)
+	@echo "Starting the scheduler and the server on http://$(HOST):$(PORT)/ (Ctrl-C stops both)"
+	@bash -c 'trap "kill 0" EXIT; \
+	  $(DEMO_ENV) SCHEDULER_INTERVAL_SECONDS=$${SCHEDULER_INTERVAL_SECONDS:-5} $(PY) manage.py run_scheduler & \
+	  $(DEMO_ENV) $(PY) manage.py runserver --noreload $(HOST):$(PORT)'
+
+# The suite; set DATABASE_URL=postgres://... to run it on PostgreSQL (.ci/run does).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .demo-credentials.json .pytest_cache

@@ -1,0 +1,70 @@
+"""One JSON error shape for every API error: {success: false, code, message, errors}."""
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from syncservice.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+DRF_CODES = {
+    exceptions.ParseError: "malformed_json",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "validation_error",
+}
+
+
+def error_body(code: str, message: str, errors: list[dict] | None = None, **extra) -> dict:
+    body = {"success": False, "code": code, "message": message, "errors": errors or []}
+    body.update(extra)
+    return body
+
+
+def _flatten(detail, path: str = "") -> list[dict]:
+    if isinstance(detail, dict):
+        found = []
+        for key, value in detail.items():
+            found += _flatten(value, f"{path}.{key}" if path else str(key))
+        return found
+    if isinstance(detail, list):
+        found = []
+        for index, value in enumerate(detail):
+            if isinstance(value, (dict, list)):
+                found += _flatten(value, f"{path}[{index}]")
+            else:
+                found += _flatten(value, path)
+        return found
+    return [{"field": path or "non_field_errors", "code": getattr(detail, "code", "invalid"), "message": str(detail)}]
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        return Response(error_body(exc.code, exc.message, exc.errors, **exc.extra), status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # Unknown exceptions stay 500s, logged by Django.
+    code = next((c for cls, c in DRF_CODES.items() if type(exc) is cls), None)
+    if code is None:
+        code = getattr(exc, "default_code", "error")
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = error_body(code, "The request is invalid.", _flatten(exc.detail))
+    else:
+        message = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else "The request failed."
+        response.data = error_body(code, message)
+    return response

@@ -1,0 +1,246 @@
+"""Settings for the account provisioning service, read from the environment."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as e:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from e
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as e:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from e
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return list(default)
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off "
+            "(set DJANGO_DEBUG=1 for a development default)."
+        )
+    SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_crontab",
+    "syncservice",
+    "taskmanagement",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.middleware.ApiLanguageMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: DATABASE_URL, defaulting to a SQLite file in the project folder.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite has no row locks: take the write lock when a transaction starts, so that the
+    # server and the scheduler in `make run` wait for each other instead of failing.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# The admin speaks Chinese to operators; the API's own messages are English with machine codes.
+LANGUAGE_CODE = "zh-hans"
+TIME_ZONE = "Asia/Shanghai"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Security headers that matter behind a TLS-terminating proxy; harmless in development.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "syncservice.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["syncservice.api.parsers.BoundedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Account provisioning service API",
+    "DESCRIPTION": (
+        "Origin systems submit batches of people; the service provisions each person into IDaaS, "
+        "WeLink and corporate email through scheduled pipeline stages. Authenticate with "
+        "`Authorization: Bearer <token>` (see `python manage.py create_api_client`)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Service settings -----------------------------------------------------------------------
+
+# Intake limits.
+MAX_USERS_PER_REQUEST = env_int("MAX_USERS_PER_REQUEST", 1000)
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 4 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+# The target systems a request may name, and those HR-synced persons get by default.
+PROVISIONING_SYSTEMS = ["idaas", "welink", "email"]
+HR_DEFAULT_SYSTEMS = env_list("HR_DEFAULT_SYSTEMS", ["idaas", "welink", "email"])
+
+# Persons created through the API get person ids from this offset upwards, a range HR never uses.
+API_PERSON_ID_OFFSET = env_int("API_PERSON_ID_OFFSET", 9_000_000_000_000)
+
+# Allocated email addresses: <pinyin>@EMAIL_DOMAIN.
+EMAIL_DOMAIN = os.environ.get("EMAIL_DOMAIN", "example.com")
+
+# Target backends: "local" (in-process, the default) or a dotted path to a backend class.
+IDAAS_BACKEND = os.environ.get("IDAAS_BACKEND", "local")
+WELINK_BACKEND = os.environ.get("WELINK_BACKEND", "local")
+MAILBOX_BACKEND = os.environ.get("MAILBOX_BACKEND", "local")
+HR_BACKEND = os.environ.get("HR_BACKEND", "local")
+
+# Failure and latency injection for the local backends (demo and tests).
+LOCAL_BACKEND_LATENCY_MS = env_int("LOCAL_BACKEND_LATENCY_MS", 0)
+LOCAL_BACKEND_TRANSIENT_FAILURE_RATE = env_float("LOCAL_BACKEND_TRANSIENT_FAILURE_RATE", 0.0)
+LOCAL_BACKEND_PERMANENT_FAILURE_RATE = env_float("LOCAL_BACKEND_PERMANENT_FAILURE_RATE", 0.0)
+# Optional JSON file of persons the local HR backend serves to the incremental sync.
+LOCAL_HR_PERSONS_FILE = os.environ.get("LOCAL_HR_PERSONS_FILE", "")
+
+# Pipeline behaviour.
+STAGE_BATCH_SIZE = env_int("STAGE_BATCH_SIZE", 500)
+TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 5)
+TASK_RETRY_BASE_SECONDS = env_float("TASK_RETRY_BASE_SECONDS", 30.0)
+TASK_RETRY_MAX_SECONDS = env_float("TASK_RETRY_MAX_SECONDS", 3600.0)
+TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 300)
+TASK_ASYNC_POLL_SECONDS = env_float("TASK_ASYNC_POLL_SECONDS", 30.0)
+TASK_ASYNC_TIMEOUT_SECONDS = env_int("TASK_ASYNC_TIMEOUT_SECONDS", 6 * 3600)
+PROCESS_STAGE_MAX_SECONDS = env_int("PROCESS_STAGE_MAX_SECONDS", 240)
+# Concurrent calls per target system within one worker process.
+BACKEND_CONCURRENCY = {
+    "idaas": env_int("IDAAS_CONCURRENCY", 8),
+    "welink": env_int("WELINK_CONCURRENCY", 8),
+    "email": env_int("MAILBOX_CONCURRENCY", 8),
+}
+
+# Scheduling: the three stages every STAGE_INTERVAL_MINUTES through django-crontab.
+STAGE_INTERVAL_MINUTES = env_int("STAGE_INTERVAL_MINUTES", 5)
+SCHEDULER_INTERVAL_SECONDS = env_int("SCHEDULER_INTERVAL_SECONDS", STAGE_INTERVAL_MINUTES * 60)
+CRONJOBS = [
+    (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.sync_hr_persons"),
+    (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.create_account_tasks"),
+    (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.process_account_creation_tasks"),
+]
+CRONTAB_COMMAND_PREFIX = os.environ.get("CRONTAB_COMMAND_PREFIX", "")
+CRONTAB_LOCK_JOBS = True
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+    },
+}

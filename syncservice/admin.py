@@ -1,0 +1,206 @@
+"""Django Admin for operators: requests, items, persons, accounts, tasks and API clients."""
+
+from django.contrib import admin
+from django.db.models import Count
+from django.utils.html import format_html
+
+from .models import (
+    Account,
+    AccountCreationRequest,
+    AccountCreationRequestItem,
+    AccountCreationTask,
+    ApiClient,
+    HrPerson,
+    HrSyncState,
+    TaskAttempt,
+)
+
+
+def mask_phone(phone: str) -> str:
+    """13800138001 → 138****8001: enough to recognise, not enough to call."""
+    if not phone:
+        return ""
+    if len(phone) <= 7:
+        return phone[:2] + "*" * (len(phone) - 2)
+    return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
+
+
+class ReadOnlyAdminMixin:
+    """Rows written by the pipeline: operators look, they do not edit by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    list_display = ("name", "origin_system", "is_operator", "is_active", "default_priority", "token_hint",
+                    "last_used_at", "created_at")
+    list_filter = ("is_active", "is_operator", "origin_system")
+    search_fields = ("name", "origin_system")
+    readonly_fields = ("token_hint", "created_at", "last_used_at")
+    fields = ("name", "origin_system", "is_operator", "is_active", "default_priority", "token_hint",
+              "created_at", "last_used_at")
+    actions = ["disable_clients", "enable_clients"]
+
+    def has_add_permission(self, request):
+        # Tokens are shown once, on the command line: `python manage.py create_api_client [--rotate]`.
+        return False
+
+    @admin.action(description="停用所选客户端")
+    def disable_clients(self, request, queryset):
+        count = queryset.update(is_active=False)
+        self.message_user(request, f"已停用 {count} 个客户端。")
+
+    @admin.action(description="启用所选客户端")
+    def enable_clients(self, request, queryset):
+        count = queryset.update(is_active=True)
+        self.message_user(request, f"已启用 {count} 个客户端。")
+
+
+class RequestItemInline(admin.TabularInline):
+    model = AccountCreationRequestItem
+    fields = ("employee_number", "employee_name", "masked_phone", "department_code", "status", "hr_person",
+              "error_message", "updated_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    max_num = 0
+
+    @admin.display(description="电话号码")
+    def masked_phone(self, obj):
+        return mask_phone(obj.phone_number)
+
+
+def progress_bar(request: AccountCreationRequest):
+    percent = request.processed_users * 100 / request.total_users if request.total_users else 0
+    return format_html(
+        '<div style="width:120px;background:#eee;border-radius:3px" title="{}">'
+        '<div style="width:{}%;background:#417690;height:10px;border-radius:3px"></div></div>{}',
+        request.progress, f"{percent:.0f}", request.progress,
+    )
+
+
+@admin.register(AccountCreationRequest)
+class AccountCreationRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("request_id", "origin_system", "business_key", "status", "priority", "total_users",
+                    "processed_users", "progress_column", "created_at", "completed_at")
+    list_filter = ("status", "origin_system", "created_at")
+    search_fields = ("request_id", "business_key", "items__employee_number")
+    readonly_fields = [f.name for f in AccountCreationRequest._meta.fields] + ["progress_column", "item_counts"]
+    inlines = [RequestItemInline]
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+
+    def get_search_results(self, request, queryset, search_term):
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        return queryset.distinct(), False
+
+    @admin.display(description="进度")
+    def progress_column(self, obj):
+        return progress_bar(obj)
+
+    @admin.display(description="各状态人数")
+    def item_counts(self, obj):
+        counts = obj.items.values("status").annotate(n=Count("id")).order_by("status")
+        labels = dict(AccountCreationRequestItem.Status.choices)
+        return "，".join(f"{labels.get(row['status'], row['status'])}: {row['n']}" for row in counts) or "-"
+
+
+class TaskInline(admin.TabularInline):
+    model = AccountCreationTask
+    fields = ("system", "status", "attempts", "max_attempts", "next_attempt_at", "last_error_code", "last_error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    max_num = 0
+
+
+@admin.register(AccountCreationRequestItem)
+class AccountCreationRequestItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("employee_number", "employee_name", "masked_phone", "request", "status", "updated_at")
+    list_filter = ("status", "request__origin_system")
+    search_fields = ("employee_number", "request__request_id", "request__business_key")
+    list_select_related = ("request",)
+    exclude = ("phone_number",)
+    readonly_fields = [f.name for f in AccountCreationRequestItem._meta.fields if f.name != "phone_number"] + [
+        "masked_phone"]
+    inlines = [TaskInline]
+
+    @admin.display(description="电话号码")
+    def masked_phone(self, obj):
+        return mask_phone(obj.phone_number)
+
+
+class AccountInline(admin.TabularInline):
+    model = Account
+    fields = ("system", "status", "external_id", "error_message", "provisioned_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+
+
+@admin.register(HrPerson)
+class HrPersonAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("employee_number", "full_name", "email", "masked_phone", "person_type", "created_by",
+                    "last_update_date")
+    list_filter = ("created_by", "person_type")
+    search_fields = ("employee_number", "full_name", "email")
+    exclude = ("telephone_number1",)
+    readonly_fields = [f.name for f in HrPerson._meta.fields if f.name != "telephone_number1"] + ["masked_phone"]
+    inlines = [AccountInline]
+
+    @admin.display(description="电话号码")
+    def masked_phone(self, obj):
+        return mask_phone(obj.telephone_number1)
+
+
+@admin.register(Account)
+class AccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("person", "system", "status", "external_id", "provisioned_at", "updated_at")
+    list_filter = ("system", "status")
+    search_fields = ("person__employee_number", "external_id")
+    list_select_related = ("person",)
+    readonly_fields = [f.name for f in Account._meta.fields]
+
+
+class AttemptInline(admin.TabularInline):
+    model = TaskAttempt
+    fields = ("attempt_number", "outcome", "code", "message", "duration_ms", "worker", "started_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+    ordering = ("started_at",)
+
+
+@admin.register(AccountCreationTask)
+class AccountCreationTaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "person", "system", "status", "priority", "attempts", "next_attempt_at",
+                    "last_error_code", "locked_by", "updated_at")
+    list_filter = ("status", "system")
+    search_fields = ("person__employee_number", "request_item__request__request_id")
+    list_select_related = ("person",)
+    readonly_fields = [f.name for f in AccountCreationTask._meta.fields]
+    inlines = [AttemptInline]
+
+
+@admin.register(TaskAttempt)
+class TaskAttemptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("task", "attempt_number", "outcome", "code", "duration_ms", "worker", "started_at")
+    list_filter = ("outcome", "task__system")
+    search_fields = ("task__person__employee_number", "code")
+    readonly_fields = [f.name for f in TaskAttempt._meta.fields]
+
+
+@admin.register(HrSyncState)
+class HrSyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("name", "watermark_updated_at", "watermark_person_id", "last_run_at", "last_success_at",
+                    "persons_synced")
+    readonly_fields = [f.name for f in HrSyncState._meta.fields]

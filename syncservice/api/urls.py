@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("create_accounts/", views.CreateAccountsView.as_view(), name="account-creation-create"),
+    path("requests/", views.RequestListView.as_view(), name="account-creation-request-list"),
+    path("requests/<str:request_id>/", views.RequestDetailView.as_view(), name="account-creation-request-detail"),
+]

@@ -1,0 +1,97 @@
+"""The contract every target backend fulfils: make sure one person has an account, idempotently."""
+
+import enum
+from dataclasses import dataclass, field
+
+
+class OutcomeKind(enum.StrEnum):
+    CREATED = "created"            # the account was created by this call
+    LINKED = "linked"              # it existed already and belongs to this person
+    IN_PROGRESS = "in_progress"    # the target works asynchronously: poll again later
+    TRANSIENT = "transient"        # a failure worth retrying (timeout, 5xx, rate limit, expired token)
+    PERMANENT = "permanent"        # a failure retrying cannot fix (validation, conflict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    external_id: str = ""
+    code: str = ""            # the target's own code, verbatim
+    message: str = ""         # the target's own message, verbatim
+    retry_after: float | None = None   # seconds, when the target said how long to wait
+    state: dict | None = None          # backend state to keep on the task (e.g. an async job in flight)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.kind in (OutcomeKind.CREATED, OutcomeKind.LINKED)
+
+    @classmethod
+    def created(cls, external_id: str, **kwargs) -> "Outcome":
+        return cls(OutcomeKind.CREATED, external_id=external_id, **kwargs)
+
+    @classmethod
+    def linked(cls, external_id: str, **kwargs) -> "Outcome":
+        return cls(OutcomeKind.LINKED, external_id=external_id, **kwargs)
+
+    @classmethod
+    def in_progress(cls, **kwargs) -> "Outcome":
+        return cls(OutcomeKind.IN_PROGRESS, **kwargs)
+
+    @classmethod
+    def transient(cls, code: str, message: str, **kwargs) -> "Outcome":
+        return cls(OutcomeKind.TRANSIENT, code=code, message=message, **kwargs)
+
+    @classmethod
+    def permanent(cls, code: str, message: str, **kwargs) -> "Outcome":
+        return cls(OutcomeKind.PERMANENT, code=code, message=message, **kwargs)
+
+
+@dataclass(frozen=True)
+class PersonSnapshot:
+    """What a backend needs to know of a person: plain data, safe to hand to a worker thread."""
+
+    person_pk: int
+    person_id: int
+    employee_number: str
+    full_name: str
+    email: str
+    phone_number: str
+    department_code: str = ""
+    person_type: str = ""
+    departments: list = field(default_factory=list)
+
+
+class TargetBackend:
+    """Base class of a target system's backend.
+
+    ``ensure_account`` must be idempotent: look the account up by a stable key before creating it, so that
+    a retry after a crash or a lost response links the existing account instead of creating a second one.
+    It never raises for a target's answer: it returns an Outcome carrying the target's code and message.
+    """
+
+    system: str = ""
+
+    def __init__(self, **options):
+        self.options = options
+
+    def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
+        raise NotImplementedError("subclasses of TargetBackend must provide an ensure_account() method")
+
+    def close(self) -> None:
+        """Release connections; called when the backend is replaced or the process ends."""
+
+
+@dataclass(frozen=True)
+class HrPage:
+    persons: list[dict]
+    next_cursor: tuple | None  # (last_update_date ISO, person_id) to continue from, None at the end
+
+
+class HrSourceBackend:
+    """Base class of the HR source: pages of persons changed since a watermark."""
+
+    def fetch_changed_persons(self, *, updated_after: str | None, after_id: int | None, limit: int) -> HrPage:
+        raise NotImplementedError("subclasses of HrSourceBackend must provide fetch_changed_persons()")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,114 @@
+"""In-process backends: accounts kept in the database, with optional latency and failure injection.
+
+They are the embedded default (the demo) and what the pipeline's tests run against. Settings:
+LOCAL_BACKEND_LATENCY_MS, LOCAL_BACKEND_TRANSIENT_FAILURE_RATE, LOCAL_BACKEND_PERMANENT_FAILURE_RATE,
+LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT (fail the first N calls of every task, then succeed),
+LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN (employee numbers matching this regex fail for good),
+LOCAL_BACKEND_FAILURE_SYSTEMS (restrict injected failures to these systems), LOCAL_WELINK_ASYNC
+(WeLink answers "in progress" first, like the real one) and LOCAL_HR_PERSONS_FILE.
+"""
+
+import json
+import random
+import re
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils.dateparse import parse_datetime
+
+from ..models import LocalTargetAccount
+from .base import HrPage, HrSourceBackend, Outcome, PersonSnapshot, TargetBackend
+
+
+class LocalBackend(TargetBackend):
+    def _inject(self, person: PersonSnapshot, state: dict) -> Outcome | None:
+        latency = getattr(settings, "LOCAL_BACKEND_LATENCY_MS", 0)
+        if latency:
+            time.sleep(latency / 1000)
+        systems = getattr(settings, "LOCAL_BACKEND_FAILURE_SYSTEMS", None)
+        if systems and self.system not in systems:
+            return None
+        pattern = getattr(settings, "LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN", "")
+        if pattern and re.search(pattern, person.employee_number):
+            return Outcome.permanent("LOCAL-422", f"{self.system} refused {person.employee_number} (injected)")
+        failures_per_account = getattr(settings, "LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT", 0)
+        failed_so_far = state.get("injected_failures", 0)
+        if failed_so_far < failures_per_account:
+            return Outcome.transient("LOCAL-503", f"{self.system} unavailable (injected)",
+                                     state={**state, "injected_failures": failed_so_far + 1})
+        if random.random() < getattr(settings, "LOCAL_BACKEND_PERMANENT_FAILURE_RATE", 0.0):
+            return Outcome.permanent("LOCAL-422", f"{self.system} refused the account (injected)")
+        if random.random() < getattr(settings, "LOCAL_BACKEND_TRANSIENT_FAILURE_RATE", 0.0):
+            return Outcome.transient("LOCAL-503", f"{self.system} unavailable (injected)")
+        return None
+
+    def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
+        injected = self._inject(person, state)
+        if injected is not None:
+            return injected
+        existing = LocalTargetAccount.objects.filter(system=self.system,
+                                                     employee_number=person.employee_number).first()
+        if existing is not None:
+            return Outcome.linked(existing.external_id, message="account already existed")
+        try:
+            with transaction.atomic():
+                account = LocalTargetAccount.objects.create(
+                    system=self.system, employee_number=person.employee_number,
+                    external_id=f"{self.system}-{uuid.uuid4().hex[:16]}", email=person.email or "",
+                    full_name=person.full_name,
+                )
+        except IntegrityError:
+            # Another worker created it between our lookup and our insert: that is our account.
+            account = LocalTargetAccount.objects.get(system=self.system, employee_number=person.employee_number)
+            return Outcome.linked(account.external_id, message="account already existed")
+        return Outcome.created(account.external_id)
+
+
+class LocalIdaasBackend(LocalBackend):
+    system = "idaas"
+
+
+class LocalMailboxBackend(LocalBackend):
+    system = "email"
+
+
+class LocalWelinkBackend(LocalBackend):
+    """Like WeLink, optionally asynchronous: the first call submits, a later poll finds the account open."""
+
+    system = "welink"
+
+    def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
+        if getattr(settings, "LOCAL_WELINK_ASYNC", False) and not state.get("submitted"):
+            injected = self._inject(person, state)
+            if injected is not None:
+                return injected
+            return Outcome.in_progress(code="47100", message="account opening in progress",
+                                       state={**state, "submitted": True})
+        return super().ensure_account(person, state)
+
+
+class LocalHrBackend(HrSourceBackend):
+    """Serves persons from the JSON file LOCAL_HR_PERSONS_FILE (a list of objects); nothing without one."""
+
+    def fetch_changed_persons(self, *, updated_after: str | None, after_id: int | None, limit: int) -> HrPage:
+        path = getattr(settings, "LOCAL_HR_PERSONS_FILE", "")
+        if not path:
+            return HrPage(persons=[], next_cursor=None)
+        persons = json.loads(Path(path).read_text(encoding="utf-8"))
+
+        def key(person):
+            return parse_datetime(person["last_update_date"]), int(person["person_id"])
+
+        persons.sort(key=key)
+        if updated_after is not None:
+            cursor = (parse_datetime(updated_after), after_id if after_id is not None else -1)
+            persons = [p for p in persons if key(p) > cursor]
+        page = persons[:limit]
+        next_cursor = None
+        if len(persons) > limit:
+            last = page[-1]
+            next_cursor = (last["last_update_date"], int(last["person_id"]))
+        return HrPage(persons=page, next_cursor=next_cursor)

@@ -1,0 +1,367 @@
+"""Data model: persons, their accounts, the request buffer and the provisioning tasks."""
+
+import hashlib
+import secrets
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class System(models.TextChoices):
+    IDAAS = "idaas", "IDaaS"
+    WELINK = "welink", "WeLink"
+    EMAIL = "email", "企业邮箱"
+
+
+class ApiClient(models.Model):
+    """A caller of the API: an origin system, or an operator bound to no origin."""
+
+    TOKEN_PREFIX = "aps_"
+
+    name = models.CharField("名称", max_length=100, unique=True)
+    origin_system = models.CharField(
+        "来源系统", max_length=64, blank=True, default="", db_index=True,
+        help_text="The originSystem this client may submit and read; empty for operators.",
+    )
+    is_operator = models.BooleanField("运维客户端", default=False)
+    is_active = models.BooleanField("启用", default=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField("令牌前缀", max_length=16, editable=False)
+    default_priority = models.SmallIntegerField("默认优先级", default=0)
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    last_used_at = models.DateTimeField("最近使用", null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API 客户端"
+        verbose_name_plural = "API 客户端"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(is_operator=True) | ~Q(origin_system=""),
+                name="api_client_origin_or_operator",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    # A DRF-authenticated principal: views and permissions check these like a user's.
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_staff(self) -> bool:
+        return False
+
+    @staticmethod
+    def hash_token(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+    def set_new_token(self) -> str:
+        """Give the client a fresh random token; return it (it is never stored in clear)."""
+        token = self.TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.token_hash = self.hash_token(token)
+        self.token_hint = token[:10]
+        return token
+
+
+class HrPerson(models.Model):
+    """One person as the HR master data knows them, or as an origin system submitted them."""
+
+    class CreatedBy(models.TextChoices):
+        API = "account_creation_api", "账号创建接口"
+        HR_SYNC = "hr_sync", "HR 同步"
+
+    person_id = models.BigIntegerField("人员ID", unique=True)
+    employee_number = models.CharField("员工编号", max_length=64, unique=True)
+    full_name = models.CharField("姓名", max_length=100)
+    telephone_number1 = models.CharField("电话号码", max_length=32, blank=True, default="")
+    person_type = models.CharField("人员类型", max_length=64, blank=True, default="")
+    employee_status = models.CharField("员工状态", max_length=64, blank=True, default="")
+    tenant_id = models.CharField("租户", max_length=128, blank=True, default="")
+    person_dept = models.JSONField("部门", default=list, blank=True)
+    email = models.EmailField("邮箱", max_length=254, unique=True, null=True, blank=True)
+    created_by = models.CharField("创建来源", max_length=32, choices=CreatedBy.choices)
+    last_updated_by = models.CharField("最后更新来源", max_length=32, choices=CreatedBy.choices)
+    creation_date = models.DateTimeField("创建时间", default=timezone.now)
+    last_update_date = models.DateTimeField("最后更新时间", default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = "HR 人员"
+        verbose_name_plural = "HR 人员"
+
+    def __str__(self):
+        return f"{self.employee_number} {self.full_name}"
+
+
+class Account(models.Model):
+    """A person's account in one target system."""
+
+    class Status(models.TextChoices):
+        NOT_CREATED = "not_created", "未创建"
+        CREATING = "creating", "创建中"
+        CREATED = "created", "已创建"
+        FAILED = "failed", "失败"
+
+    person = models.ForeignKey(HrPerson, on_delete=models.CASCADE, related_name="accounts", verbose_name="人员")
+    system = models.CharField("系统", max_length=16, choices=System.choices)
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.NOT_CREATED)
+    external_id = models.CharField("目标系统ID", max_length=255, blank=True, default="")
+    error_message = models.TextField("错误信息", blank=True, default="")
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+    provisioned_at = models.DateTimeField("开通时间", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "账号"
+        verbose_name_plural = "账号"
+        constraints = [
+            models.UniqueConstraint(fields=["person", "system"], name="account_unique_person_system"),
+        ]
+        indexes = [models.Index(fields=["system", "status"], name="account_system_status")]
+
+    def __str__(self):
+        return f"{self.person_id}/{self.system}: {self.status}"
+
+
+class AccountCreationRequest(models.Model):
+    """A batch submitted by an origin system: the buffer the scheduled stages work from."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "待处理"
+        PROCESSING = "processing", "处理中"
+        COMPLETED = "completed", "已完成"
+        PARTIAL_FAILED = "partial_failed", "部分失败"
+        FAILED = "failed", "失败"
+        CANCELLED = "cancelled", "已取消"
+
+    FINAL_STATUSES = (Status.COMPLETED, Status.PARTIAL_FAILED, Status.FAILED, Status.CANCELLED)
+
+    request_id = models.CharField("请求ID", max_length=32, unique=True)
+    origin_system = models.CharField("来源系统", max_length=64)
+    business_key = models.CharField("业务键", max_length=128)
+    account_type = models.CharField("账号类型", max_length=64)
+    employee_type = models.CharField("员工类型", max_length=64)
+    system_list = models.JSONField("系统列表", default=list)
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
+    total_users = models.IntegerField("总用户数", default=0)
+    processed_users = models.IntegerField("已处理用户数", default=0)
+    error_summary = models.JSONField("错误摘要", null=True, blank=True)
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+    completed_at = models.DateTimeField("完成时间", null=True, blank=True)
+    client = models.ForeignKey(
+        ApiClient, on_delete=models.SET_NULL, null=True, blank=True, related_name="requests", verbose_name="客户端"
+    )
+    priority = models.SmallIntegerField("优先级", default=0)
+    callback_url = models.URLField("回调地址", max_length=2048, blank=True, default="")
+    payload_fingerprint = models.CharField("请求指纹", max_length=64, editable=False)
+
+    class Meta:
+        verbose_name = "账号创建请求"
+        verbose_name_plural = "账号创建请求"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["origin_system", "business_key"], name="request_unique_origin_business_key"
+            ),
+            models.CheckConstraint(
+                condition=Q(processed_users__gte=0) & Q(processed_users__lte=models.F("total_users")),
+                name="request_processed_within_total",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-priority", "created_at"], name="request_claim"),
+            models.Index(fields=["origin_system", "-created_at"], name="request_origin_newest"),
+        ]
+
+    def __str__(self):
+        return self.request_id
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+    @property
+    def progress(self) -> str:
+        if not self.total_users:
+            return "0.0%"
+        return f"{self.processed_users * 100 / self.total_users:.1f}%"
+
+
+class AccountCreationRequestItem(models.Model):
+    """One person of a request."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "待处理"
+        SYNCED = "synced", "已同步"
+        TASK_CREATED = "task_created", "已创建任务"
+        COMPLETED = "completed", "已完成"
+        FAILED = "failed", "失败"
+        CANCELLED = "cancelled", "已取消"
+
+    FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    request = models.ForeignKey(
+        AccountCreationRequest, on_delete=models.CASCADE, related_name="items", verbose_name="请求"
+    )
+    employee_number = models.CharField("员工编号", max_length=64)
+    employee_name = models.CharField("员工姓名", max_length=100)
+    department_code = models.CharField("部门代码", max_length=64, blank=True, default="")
+    phone_number = models.CharField("电话号码", max_length=32)
+    partner_company = models.CharField("合作公司", max_length=200, blank=True, default="")
+    country = models.CharField("国家", max_length=64, blank=True, default="")
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
+    hr_person = models.ForeignKey(
+        HrPerson, on_delete=models.SET_NULL, null=True, blank=True, related_name="request_items",
+        verbose_name="HR 人员",
+    )
+    error_message = models.TextField("错误信息", blank=True, default="")
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+
+    class Meta:
+        verbose_name = "账号创建请求项"
+        verbose_name_plural = "账号创建请求项"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "employee_number"], name="request_item_unique_employee"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "request"], name="request_item_stage"),
+            models.Index(fields=["hr_person", "status"], name="request_item_person"),
+            models.Index(fields=["employee_number"], name="request_item_employee"),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id}:{self.employee_number}"
+
+
+class AccountCreationTask(models.Model):
+    """The unit of work: make sure one person has an account in one target system."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "待执行"
+        RUNNING = "running", "执行中"
+        WAITING = "waiting", "等待目标系统"
+        SUCCEEDED = "succeeded", "成功"
+        FAILED = "failed", "失败"
+        CANCELLED = "cancelled", "已取消"
+
+    OPEN_STATUSES = (Status.PENDING, Status.RUNNING, Status.WAITING)
+
+    person = models.ForeignKey(HrPerson, on_delete=models.CASCADE, related_name="tasks", verbose_name="人员")
+    system = models.CharField("系统", max_length=16, choices=System.choices)
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
+    request_item = models.ForeignKey(
+        AccountCreationRequestItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks",
+        verbose_name="请求项",
+    )
+    priority = models.SmallIntegerField("优先级", default=0)
+    attempts = models.IntegerField("尝试次数", default=0)
+    max_attempts = models.IntegerField("最大尝试次数", default=5)
+    next_attempt_at = models.DateTimeField("下次执行时间", default=timezone.now)
+    lease_expires_at = models.DateTimeField("租约到期", null=True, blank=True)
+    locked_by = models.CharField("执行者", max_length=128, blank=True, default="")
+    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    backend_state = models.JSONField("目标系统状态", default=dict, blank=True)
+    last_error_code = models.CharField("最近错误码", max_length=64, blank=True, default="")
+    last_error = models.TextField("最近错误", blank=True, default="")
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+    finished_at = models.DateTimeField("结束时间", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "账号创建任务"
+        verbose_name_plural = "账号创建任务"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["person", "system"],
+                condition=Q(status__in=["pending", "running", "waiting"]),
+                name="task_one_open_per_person_system",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["system", "-priority", "next_attempt_at"],
+                condition=Q(status__in=["pending", "waiting"]),
+                name="task_due",
+            ),
+            models.Index(
+                fields=["lease_expires_at"], condition=Q(status="running"), name="task_lease",
+            ),
+            models.Index(fields=["status", "system"], name="task_status_system"),
+        ]
+
+    def __str__(self):
+        return f"task {self.pk} {self.system} person {self.person_id}: {self.status}"
+
+
+class TaskAttempt(models.Model):
+    """One call to a target system for a task: what happened, verbatim."""
+
+    class Outcome(models.TextChoices):
+        CREATED = "created", "已创建"
+        LINKED = "linked", "已关联"
+        IN_PROGRESS = "in_progress", "处理中"
+        TRANSIENT = "transient", "临时失败"
+        PERMANENT = "permanent", "永久失败"
+
+    task = models.ForeignKey(AccountCreationTask, on_delete=models.CASCADE, related_name="attempt_log",
+                             verbose_name="任务")
+    attempt_number = models.IntegerField("尝试序号")
+    outcome = models.CharField("结果", max_length=16, choices=Outcome.choices)
+    code = models.CharField("目标系统代码", max_length=64, blank=True, default="")
+    message = models.TextField("目标系统信息", blank=True, default="")
+    duration_ms = models.IntegerField("耗时(ms)", default=0)
+    worker = models.CharField("执行者", max_length=128, blank=True, default="")
+    started_at = models.DateTimeField("开始时间")
+
+    class Meta:
+        verbose_name = "执行记录"
+        verbose_name_plural = "执行记录"
+        indexes = [models.Index(fields=["task", "started_at"], name="attempt_task")]
+
+    def __str__(self):
+        return f"task {self.task_id} #{self.attempt_number}: {self.outcome}"
+
+
+class HrSyncState(models.Model):
+    """Watermark of the incremental HR sync: the (last_update_date, person_id) read up to."""
+
+    name = models.CharField(max_length=64, unique=True, default="default")
+    watermark_updated_at = models.DateTimeField("水位时间", null=True, blank=True)
+    watermark_person_id = models.BigIntegerField("水位人员ID", null=True, blank=True)
+    last_run_at = models.DateTimeField("最近运行", null=True, blank=True)
+    last_success_at = models.DateTimeField("最近成功", null=True, blank=True)
+    last_error = models.TextField("最近错误", blank=True, default="")
+    persons_synced = models.BigIntegerField("累计同步人数", default=0)
+
+    class Meta:
+        verbose_name = "HR 同步状态"
+        verbose_name_plural = "HR 同步状态"
+
+    def __str__(self):
+        return self.name
+
+
+class LocalTargetAccount(models.Model):
+    """An account held by the in-process `local` backends: the demo's stand-in for the target systems."""
+
+    system = models.CharField("系统", max_length=16, choices=System.choices)
+    employee_number = models.CharField("员工编号", max_length=64)
+    external_id = models.CharField("目标系统ID", max_length=64, unique=True)
+    email = models.CharField("邮箱", max_length=254, blank=True, default="")
+    full_name = models.CharField("姓名", max_length=100, blank=True, default="")
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+
+    class Meta:
+        verbose_name = "本地目标系统账号"
+        verbose_name_plural = "本地目标系统账号"
+        constraints = [
+            models.UniqueConstraint(fields=["system", "employee_number"], name="local_account_unique_person"),
+        ]
+
+    def __str__(self):
+        return f"{self.system}:{self.employee_number}"

@@ -1,0 +1,1 @@
+"""Write-side services of the provisioning service, one module per sub-domain."""

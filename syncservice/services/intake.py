@@ -1,0 +1,73 @@
+"""Intake: store a validated batch in the request buffer, idempotently."""
+
+import secrets
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ..errors import BusinessKeyConflict, OriginForbidden
+from ..models import AccountCreationRequest, AccountCreationRequestItem, ApiClient
+from ..validation import ValidatedBatch
+
+
+def new_request_id() -> str:
+    """A request id in the note's form: req_YYYYMMDD_<12 hex>, dated in the service's time zone."""
+    return f"req_{timezone.localdate():%Y%m%d}_{secrets.token_hex(6)}"
+
+
+def _existing_or_conflict(batch: ValidatedBatch) -> AccountCreationRequest | None:
+    existing = (
+        AccountCreationRequest.objects.filter(origin_system=batch.origin_system, business_key=batch.business_key)
+        .only("id", "request_id", "status", "total_users", "payload_fingerprint")
+        .first()
+    )
+    if existing is None:
+        return None
+    if existing.payload_fingerprint != batch.fingerprint:
+        raise BusinessKeyConflict(
+            f"businessKey {batch.business_key!r} was already submitted as {existing.request_id} "
+            "with a different payload; use a new businessKey for a different batch.",
+            extra={"requestId": existing.request_id},
+        )
+    return existing
+
+
+def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[AccountCreationRequest, bool]:
+    """Store the batch as a pending request; return (request, created).
+
+    Resubmitting the same (originSystem, businessKey) with the same payload returns the original request;
+    with a different payload it raises BusinessKeyConflict. Request and items are written in one transaction.
+    """
+    if client.is_operator or client.origin_system != batch.origin_system:
+        raise OriginForbidden(
+            f"This client may not submit for originSystem {batch.origin_system!r}.",
+        )
+    existing = _existing_or_conflict(batch)
+    if existing is not None:
+        return existing, False
+    priority = batch.priority if batch.priority is not None else client.default_priority
+    try:
+        with transaction.atomic():
+            request = AccountCreationRequest.objects.create(
+                request_id=new_request_id(),
+                origin_system=batch.origin_system,
+                business_key=batch.business_key,
+                account_type=batch.account_type,
+                employee_type=batch.employee_type,
+                system_list=batch.system_list,
+                total_users=len(batch.users),
+                client=client,
+                priority=priority,
+                payload_fingerprint=batch.fingerprint,
+            )
+            AccountCreationRequestItem.objects.bulk_create(
+                [AccountCreationRequestItem(request=request, **user) for user in batch.users],
+                batch_size=1000,
+            )
+    except IntegrityError:
+        # A concurrent submission of the same businessKey won the race: answer as a resubmission would.
+        existing = _existing_or_conflict(batch)
+        if existing is None:
+            raise
+        return existing, False
+    return request, True

@@ -1,0 +1,373 @@
+"""Stage 3, process_account_creation_tasks: claim due tasks, call the targets, record and roll up.
+
+A worker claims due tasks in small batches (SELECT … FOR UPDATE SKIP LOCKED in a short transaction),
+marking them running under a lease. Per target system a fixed set of threads calls the backends, outside
+any transaction. Results are written back in batches, fenced by the claim's lease token: a worker whose
+lease expired and whose task was claimed again cannot overwrite the newer claim's outcome.
+"""
+
+import datetime as dt
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import IntegrityError, OperationalError, connections
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
+
+from ..backends import get_backend
+from ..backends.base import Outcome, OutcomeKind, PersonSnapshot
+from ..models import Account, AccountCreationTask, TaskAttempt
+from .locking import atomic_with_retry, skip_locked
+from .rollup import reconcile_processing_requests, rollup_items_for_persons
+
+logger = logging.getLogger(__name__)
+
+Task = AccountCreationTask
+_STOP = object()
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def retry_delay(attempts: int, retry_after: float | None = None) -> float:
+    """Capped exponential backoff with jitter, never shorter than what the target asked for."""
+    base = settings.TASK_RETRY_BASE_SECONDS
+    cap = settings.TASK_RETRY_MAX_SECONDS
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    delay = delay * (0.5 + random.random() / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def _due(now):
+    return (Q(status__in=[Task.Status.PENDING, Task.Status.WAITING], next_attempt_at__lte=now)
+            | Q(status=Task.Status.RUNNING, lease_expires_at__lt=now))
+
+
+def claim_due_tasks(*, system: str, limit: int, worker: str) -> tuple[str, list[Task]]:
+    """Claim up to `limit` due tasks of one system; return the claim's lease token and the tasks."""
+    token = uuid.uuid4().hex
+
+    def claim():
+        now = timezone.now()
+        tasks = list(
+            skip_locked(Task.objects.filter(_due(now), system=system).select_related("person")
+                        .order_by("-priority", "next_attempt_at", "id"))[:limit]
+        )
+        if not tasks:
+            return []
+        # A poll of an async job is not a new attempt; a fresh call (or one after a lost lease) is.
+        Task.objects.filter(id__in=[t.id for t in tasks]).update(
+            status=Task.Status.RUNNING, locked_by=worker, lease_token=token,
+            lease_expires_at=now + dt.timedelta(seconds=settings.TASK_LEASE_SECONDS),
+            attempts=Case(When(status=Task.Status.WAITING, then=F("attempts")), default=F("attempts") + 1),
+            updated_at=now,
+        )
+        for task in tasks:
+            if task.status != Task.Status.WAITING:
+                task.attempts += 1
+        return tasks
+
+    return token, atomic_with_retry(claim)
+
+
+def snapshot(task: Task) -> PersonSnapshot:
+    person = task.person
+    department = person.person_dept[0] if person.person_dept else {}
+    return PersonSnapshot(
+        person_pk=person.pk, person_id=person.person_id, employee_number=person.employee_number,
+        full_name=person.full_name, email=person.email or "", phone_number=person.telephone_number1,
+        department_code=(department or {}).get("department_code", ""), person_type=person.person_type,
+        departments=list(person.person_dept or []),
+    )
+
+
+@dataclass
+class CallResult:
+    task: Task
+    token: str
+    outcome: Outcome
+    started_at: object
+    duration_ms: int
+
+
+@dataclass
+class ProcessResult:
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    waiting: int = 0
+    failed: int = 0
+    fenced_off: int = 0
+    released: int = 0
+    by_system: dict = field(default_factory=dict)
+
+    def as_counts(self) -> dict:
+        return dict(self.__dict__)
+
+
+def call_backend(task: Task, token: str) -> CallResult:
+    started = timezone.now()
+    clock = time.monotonic()
+    try:
+        outcome = get_backend(task.system).ensure_account(snapshot(task), dict(task.backend_state or {}))
+    except Exception as exc:  # a backend bug must not lose the task: record it and retry later
+        logger.exception("backend %s raised for task %s", task.system, task.pk)
+        outcome = Outcome.transient("exception", f"{type(exc).__name__}: {exc}")
+    return CallResult(task, token, outcome, started, int((time.monotonic() - clock) * 1000))
+
+
+def _apply(result: CallResult, now, worker: str) -> tuple[str, TaskAttempt]:
+    """Update the task in memory for its outcome; return the kind of result and the attempt row."""
+    task, outcome = result.task, result.outcome
+    if outcome.state is not None:
+        task.backend_state = outcome.state
+    task.locked_by = ""
+    task.lease_token = ""
+    task.lease_expires_at = None
+    task.updated_at = now
+    kind = outcome.kind
+    if kind in (OutcomeKind.CREATED, OutcomeKind.LINKED):
+        task.status = Task.Status.SUCCEEDED
+        task.finished_at = now
+        task.last_error_code = task.last_error = ""
+        verdict = "succeeded"
+    elif kind == OutcomeKind.IN_PROGRESS:
+        submitted = task.backend_state.setdefault("submitted_at", now.isoformat())
+        age = (now - dt.datetime.fromisoformat(submitted)).total_seconds()
+        if age > settings.TASK_ASYNC_TIMEOUT_SECONDS:
+            task.status = Task.Status.FAILED
+            task.finished_at = now
+            task.last_error_code = "async_timeout"
+            task.last_error = f"still in progress at the target after {int(age)} s: {outcome.message}"
+            verdict = "failed"
+        else:
+            task.status = Task.Status.WAITING
+            task.next_attempt_at = now + dt.timedelta(
+                seconds=outcome.retry_after or settings.TASK_ASYNC_POLL_SECONDS)
+            verdict = "waiting"
+    elif kind == OutcomeKind.TRANSIENT and task.attempts < task.max_attempts:
+        task.status = Task.Status.PENDING
+        task.next_attempt_at = now + dt.timedelta(seconds=retry_delay(task.attempts, outcome.retry_after))
+        task.last_error_code, task.last_error = outcome.code, outcome.message
+        verdict = "retried"
+    else:
+        task.status = Task.Status.FAILED
+        task.finished_at = now
+        task.last_error_code, task.last_error = outcome.code, outcome.message
+        if kind == OutcomeKind.TRANSIENT:
+            task.last_error = f"gave up after {task.attempts} attempts: {outcome.message}"
+        verdict = "failed"
+    attempt = TaskAttempt(
+        task_id=task.pk, attempt_number=task.attempts, outcome=kind.value, code=outcome.code[:64],
+        message=outcome.message, duration_ms=result.duration_ms, worker=worker, started_at=result.started_at,
+    )
+    return verdict, attempt
+
+
+TASK_RESULT_FIELDS = ["status", "backend_state", "locked_by", "lease_token", "lease_expires_at", "updated_at",
+                      "finished_at", "next_attempt_at", "last_error_code", "last_error"]
+
+
+def record_results(results: list[CallResult], *, worker: str, totals: ProcessResult) -> None:
+    """Write a batch of call results in one transaction, fenced by each claim's lease token."""
+    def write():
+        now = timezone.now()
+        current = dict(Task.objects.select_for_update().filter(
+            id__in=[r.task.pk for r in results], status=Task.Status.RUNNING,
+        ).order_by("id").values_list("id", "lease_token"))
+        kept = [r for r in results if current.get(r.task.pk) == r.token]
+        verdicts, attempts = [], []
+        for result in kept:
+            verdict, attempt = _apply(result, now, worker)
+            verdicts.append(verdict)
+            attempts.append(attempt)
+        if kept:
+            Task.objects.bulk_update([r.task for r in kept], TASK_RESULT_FIELDS)
+            TaskAttempt.objects.bulk_create(attempts)
+            _update_accounts(kept, now)
+            rollup_items_for_persons({r.task.person_id for r in kept if r.task.status in
+                                      (Task.Status.SUCCEEDED, Task.Status.FAILED)})
+        return verdicts, len(results) - len(kept)
+
+    verdicts, fenced = atomic_with_retry(write, retry_on=(OperationalError, IntegrityError))
+    for verdict in verdicts:
+        setattr(totals, verdict, getattr(totals, verdict) + 1)
+    totals.fenced_off += fenced
+    if fenced:
+        logger.warning("%d result(s) discarded: their lease had expired and the tasks were claimed again", fenced)
+
+
+def _update_accounts(results: list[CallResult], now) -> None:
+    final = [r for r in results if r.task.status in (Task.Status.SUCCEEDED, Task.Status.FAILED)]
+    if not final:
+        return
+    accounts = {
+        (a.person_id, a.system): a
+        for a in Account.objects.filter(
+            person_id__in={r.task.person_id for r in final}, system__in={r.task.system for r in final})
+    }
+    changed = []
+    for result in final:
+        account = accounts.get((result.task.person_id, result.task.system))
+        if account is None:
+            continue
+        if result.task.status == Task.Status.SUCCEEDED:
+            account.status = Account.Status.CREATED
+            account.external_id = result.outcome.external_id[:255]
+            account.error_message = ""
+            account.provisioned_at = account.provisioned_at or now
+        else:
+            account.status = Account.Status.FAILED
+            code = result.task.last_error_code
+            account.error_message = f"[{code}] {result.task.last_error}" if code else result.task.last_error
+        account.updated_at = now
+        changed.append(account)
+    Account.objects.bulk_update(changed, ["status", "external_id", "error_message", "provisioned_at",
+                                          "updated_at"])
+
+
+def release_tasks(tasks: list[tuple[Task, str]]) -> int:
+    """Hand claimed but unstarted tasks back (on shutdown): pending again, the claim's attempt undone."""
+    if not tasks:
+        return 0
+    condition = Q()
+    for task, token in tasks:
+        condition |= Q(id=task.pk, lease_token=token)
+    return Task.objects.filter(condition, status=Task.Status.RUNNING).update(
+        status=Case(When(backend_state__has_key="submitted", then=Value(Task.Status.WAITING)),
+                    default=Value(Task.Status.PENDING)),
+        attempts=Case(When(backend_state__has_key="submitted", then=F("attempts")), default=F("attempts") - 1),
+        locked_by="", lease_token="", lease_expires_at=None, updated_at=timezone.now(),
+    )
+
+
+class SystemWorkers:
+    """A fixed set of threads calling one target system; each closes its own database connections."""
+
+    def __init__(self, system: str, size: int, results: queue.Queue):
+        self.system = system
+        self.size = size
+        self.jobs: queue.Queue = queue.Queue()
+        self.results = results
+        self.in_flight = 0
+        self.threads = [threading.Thread(target=self._run, name=f"{system}-{i}", daemon=True)
+                        for i in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self):
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is _STOP:
+                    return
+                task, token = job
+                self.results.put(call_backend(task, token))
+        finally:
+            connections.close_all()
+
+    def submit(self, task: Task, token: str) -> None:
+        self.in_flight += 1
+        self.jobs.put((task, token))
+
+    def take_unstarted(self) -> list[tuple[Task, str]]:
+        taken = []
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return taken
+            if job is not _STOP:
+                taken.append(job)
+                self.in_flight -= 1
+
+    def stop(self):
+        for _ in self.threads:
+            self.jobs.put(_STOP)
+        for thread in self.threads:
+            thread.join()
+
+
+def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_seconds: float | None = None,
+                      stop: threading.Event | None = None, worker: str | None = None,
+                      flush_size: int = 200, flush_interval: float = 0.05) -> ProcessResult:
+    """Work through due tasks until none are due, `limit` tasks were claimed, time is up or `stop` is set."""
+    totals = ProcessResult()
+    systems = list(settings.PROVISIONING_SYSTEMS)
+    if dry_run:
+        now = timezone.now()
+        for system in systems:
+            totals.by_system[system] = Task.objects.filter(_due(now), system=system).count()
+        totals.claimed = sum(totals.by_system.values())
+        return totals
+    worker = worker or worker_name()
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + (max_seconds or settings.PROCESS_STAGE_MAX_SECONDS)
+    results: queue.Queue = queue.Queue()
+    pools = {s: SystemWorkers(s, max(1, settings.BACKEND_CONCURRENCY.get(s, 4)), results) for s in systems}
+    exhausted = set()
+    buffer: list[CallResult] = []
+    last_flush = time.monotonic()
+    try:
+        while True:
+            may_claim = not stop.is_set() and time.monotonic() < deadline and (
+                limit is None or totals.claimed < limit)
+            if may_claim:
+                for system, pool in pools.items():
+                    free = pool.size - pool.in_flight
+                    # Claim in chunks rather than one by one: fewer round trips, same concurrency.
+                    if system in exhausted or free < max(1, pool.size // 4):
+                        continue
+                    want = free if limit is None else min(free, limit - totals.claimed)
+                    if want <= 0:
+                        continue
+                    token, tasks = claim_due_tasks(system=system, limit=want, worker=worker)
+                    if not tasks:
+                        exhausted.add(system)
+                    for task in tasks:
+                        pool.submit(task, token)
+                    totals.claimed += len(tasks)
+                    totals.by_system[system] = totals.by_system.get(system, 0) + len(tasks)
+            in_flight = sum(p.in_flight for p in pools.values())
+            if stop.is_set():
+                unstarted = [job for pool in pools.values() for job in pool.take_unstarted()]
+                totals.released += release_tasks(unstarted)
+                in_flight = sum(p.in_flight for p in pools.values())
+            if in_flight == 0 and not buffer:
+                if not may_claim or len(exhausted) == len(pools):
+                    break
+            try:
+                result = results.get(timeout=0.2 if in_flight else 0.01)
+                pools[result.task.system].in_flight -= 1
+                buffer.append(result)
+                while True:
+                    result = results.get_nowait()
+                    pools[result.task.system].in_flight -= 1
+                    buffer.append(result)
+            except queue.Empty:
+                pass
+            if buffer and (len(buffer) >= flush_size or time.monotonic() - last_flush >= flush_interval
+                           or sum(p.in_flight for p in pools.values()) == 0):
+                record_results(buffer, worker=worker, totals=totals)
+                # Retried and polled tasks may be due again already: let every system look again.
+                exhausted.clear()
+                buffer = []
+                last_flush = time.monotonic()
+    finally:
+        for pool in pools.values():
+            pool.stop()
+        if buffer:
+            record_results(buffer, worker=worker, totals=totals)
+    atomic_with_retry(reconcile_processing_requests)
+    return totals

@@ -1,0 +1,134 @@
+"""Stage 2, create_account_tasks: one task per (person, system) that still needs an account."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, OperationalError
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask, HrPerson
+from .locking import atomic_with_retry, skip_locked
+from .rollup import rollup_items_for_persons
+
+Item = AccountCreationRequestItem
+Task = AccountCreationTask
+
+
+@dataclass
+class TaskStageResult:
+    items_processed: int = 0
+    tasks_created: int = 0
+    items_already_done: int = 0
+    hr_tasks_created: int = 0
+
+    def as_counts(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _open_task_keys(person_ids) -> set[tuple[int, str]]:
+    return set(Task.objects.filter(person_id__in=person_ids, status__in=Task.OPEN_STATUSES)
+               .values_list("person_id", "system"))
+
+
+def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]]) -> int:
+    """Create tasks for (person, system) → (request item, priority) and mark their accounts creating."""
+    if not wanted:
+        return 0
+    now = timezone.now()
+    max_attempts = settings.TASK_MAX_ATTEMPTS
+    Account.objects.bulk_create([Account(person_id=p, system=s) for p, s in wanted], ignore_conflicts=True)
+    Task.objects.bulk_create(
+        [Task(person_id=p, system=s, request_item_id=item_id, priority=priority, max_attempts=max_attempts,
+              next_attempt_at=now) for (p, s), (item_id, priority) in wanted.items()],
+        ignore_conflicts=True,  # a concurrent copy opened the same task: one open task is what we want
+    )
+    by_system: dict[str, list[int]] = {}
+    for person_id, system in wanted:
+        by_system.setdefault(system, []).append(person_id)
+    for system, person_ids in by_system.items():
+        Account.objects.filter(person_id__in=person_ids, system=system).exclude(
+            status=Account.Status.CREATED).update(status=Account.Status.CREATING, error_message="", updated_at=now)
+    return len(wanted)
+
+
+def _tasks_for_items_batch(batch_size: int) -> tuple[int, int, int]:
+    items = list(
+        skip_locked(
+            Item.objects.filter(status=Item.Status.SYNCED, request__status=AccountCreationRequest.Status.PROCESSING)
+            .select_related("request").order_by("-request__priority", "request_id", "id")
+        )[:batch_size]
+    )
+    if not items:
+        return 0, 0, 0
+    person_ids = {item.hr_person_id for item in items}
+    created_accounts = set(Account.objects.filter(person_id__in=person_ids, status=Account.Status.CREATED)
+                           .values_list("person_id", "system"))
+    open_tasks = _open_task_keys(person_ids)
+    wanted: dict[tuple[int, str], tuple[int, int]] = {}
+    for item in items:
+        for system in item.request.system_list:
+            key = (item.hr_person_id, system)
+            if key in created_accounts or key in open_tasks or key in wanted:
+                continue
+            wanted[key] = (item.pk, item.request.priority)
+    created = _start_tasks(wanted)
+    Item.objects.filter(pk__in=[item.pk for item in items]).update(
+        status=Item.Status.TASK_CREATED, updated_at=timezone.now())
+    # Items whose accounts all exist already (or whose tasks another request opened and finished) end now.
+    done = rollup_items_for_persons(person_ids)
+    return len(items), created, done
+
+
+def create_tasks_for_request_items(*, limit: int | None = None) -> TaskStageResult:
+    result = TaskStageResult()
+    batch_size = settings.STAGE_BATCH_SIZE
+    while limit is None or result.items_processed < limit:
+        size = batch_size if limit is None else min(batch_size, limit - result.items_processed)
+        items, tasks, done = atomic_with_retry(lambda: _tasks_for_items_batch(size),
+                                               retry_on=(IntegrityError, OperationalError))
+        if not items:
+            break
+        result.items_processed += items
+        result.tasks_created += tasks
+        result.items_already_done += done
+    return result
+
+
+def _hr_accounts_needing_tasks():
+    """Accounts of HR-synced persons, in the default systems, never attempted and with no open task."""
+    open_task = Task.objects.filter(person_id=OuterRef("person_id"), system=OuterRef("system"),
+                                    status__in=Task.OPEN_STATUSES)
+    return Account.objects.filter(
+        status=Account.Status.NOT_CREATED, system__in=settings.HR_DEFAULT_SYSTEMS,
+        person__created_by=HrPerson.CreatedBy.HR_SYNC,
+    ).exclude(Exists(open_task))
+
+
+def _tasks_for_hr_batch(batch_size: int) -> int:
+    accounts = list(skip_locked(_hr_accounts_needing_tasks().order_by("id"))[:batch_size])
+    return _start_tasks({(a.person_id, a.system): (None, 0) for a in accounts})
+
+
+def create_tasks_for_hr_persons(*, limit: int | None = None) -> int:
+    total = 0
+    batch_size = settings.STAGE_BATCH_SIZE
+    while limit is None or total < limit:
+        size = batch_size if limit is None else min(batch_size, limit - total)
+        created = atomic_with_retry(lambda: _tasks_for_hr_batch(size), retry_on=(IntegrityError, OperationalError))
+        if not created:
+            break
+        total += created
+    return total
+
+
+def run_task_creation_stage(*, dry_run: bool = False, limit: int | None = None) -> TaskStageResult:
+    if dry_run:
+        result = TaskStageResult()
+        result.items_processed = Item.objects.filter(
+            status=Item.Status.SYNCED, request__status=AccountCreationRequest.Status.PROCESSING).count()
+        result.hr_tasks_created = _hr_accounts_needing_tasks().count()
+        return result
+    result = create_tasks_for_request_items(limit=limit)
+    result.hr_tasks_created = create_tasks_for_hr_persons(limit=limit)
+    return result

@@ -1,0 +1,83 @@
+"""Fixtures: API clients with real tokens, and helpers to call the API through the test client."""
+
+import json
+
+import pytest
+
+from syncservice.services.clients import api_client_create
+
+
+def note_example(**overrides) -> dict:
+    """The design note's example request, optionally with fields replaced."""
+    payload = {
+        "originSystem": "HR_SYSTEM",
+        "businessKey": "BATCH_20250121_001",
+        "accountType": "供应商",
+        "employeeType": "1",
+        "systemList": ["idaas", "welink", "email"],
+        "userList": [
+            {"employeeNumber": "TEST001", "employeeName": "张三", "departmentCode": "D001",
+             "phoneNumber": "13800138001", "partnerCompany": "测试公司", "country": "中国"},
+            {"employeeNumber": "TEST002", "employeeName": "李四", "departmentCode": "D002",
+             "phoneNumber": "13800138002", "partnerCompany": "测试公司", "country": "中国"},
+        ],
+    }
+    payload.update(overrides)
+    return payload
+
+
+def make_users(count: int, prefix: str = "E") -> list[dict]:
+    return [
+        {"employeeNumber": f"{prefix}{i:06d}", "employeeName": "王小明", "departmentCode": "D001",
+         "phoneNumber": f"139{i:08d}", "partnerCompany": "", "country": "中国"}
+        for i in range(count)
+    ]
+
+
+class Caller:
+    """Calls the API as one client, through Django's test client (the whole stack, no shortcuts)."""
+
+    def __init__(self, client, token: str | None):
+        self.client = client
+        self.token = token
+
+    def _headers(self, extra=None):
+        headers = dict(extra or {})
+        if self.token is not None:
+            headers.setdefault("HTTP_AUTHORIZATION", f"Bearer {self.token}")
+        return headers
+
+    def post_json(self, path: str, payload, **extra):
+        body = payload if isinstance(payload, (str, bytes)) else json.dumps(payload, ensure_ascii=False)
+        return self.client.post(path, data=body, content_type=extra.pop("content_type", "application/json"),
+                                **self._headers(extra))
+
+    def submit(self, payload, **extra):
+        return self.post_json("/account-creation/create_accounts/", payload, **extra)
+
+    def get(self, path: str, **extra):
+        return self.client.get(path, **self._headers(extra))
+
+
+@pytest.fixture
+def make_caller(db, client):
+    def _make(origin: str = "HR_SYSTEM", *, operator: bool = False, name: str | None = None,
+              priority: int = 0) -> Caller:
+        api_client, token = api_client_create(
+            name=name or (f"ops-{origin}" if operator else origin),
+            origin_system="" if operator else origin, is_operator=operator, default_priority=priority,
+        )
+        caller = Caller(client, token)
+        caller.api_client = api_client
+        return caller
+    return _make
+
+
+@pytest.fixture
+def hr_caller(make_caller):
+    return make_caller("HR_SYSTEM")
+
+
+@pytest.fixture
+def operator_caller(make_caller):
+    return make_caller("ops", operator=True)

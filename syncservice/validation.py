@@ -1,0 +1,257 @@
+"""Validation of the create_accounts payload: every error in one pass, nothing stored before it passes.
+
+Hand-written rather than a nested DRF serializer: a 1,000-user batch is validated in a few milliseconds,
+and every error carries the JSON path of the offending field (``userList[3].phoneNumber``).
+"""
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .errors import PayloadInvalid
+
+# Field limits, shared with the OpenAPI serializers in api/serializers.py.
+ORIGIN_SYSTEM_MAX = 64
+BUSINESS_KEY_MAX = 128
+ACCOUNT_TYPE_MAX = 64
+EMPLOYEE_TYPE_MAX = 64
+EMPLOYEE_NUMBER_MAX = 64
+EMPLOYEE_NAME_MAX = 100
+DEPARTMENT_CODE_MAX = 64
+PARTNER_COMPANY_MAX = 200
+COUNTRY_MAX = 64
+PHONE_MAX = 20
+PRIORITY_MIN = -10
+PRIORITY_MAX = 10
+
+ORIGIN_SYSTEM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+EMPLOYEE_NUMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+MAINLAND_MOBILE_PATTERN = r"^1[3-9][0-9]{9}$"
+INTERNATIONAL_PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+
+ORIGIN_SYSTEM_RE = re.compile(ORIGIN_SYSTEM_PATTERN)
+_employee_number_re = re.compile(EMPLOYEE_NUMBER_PATTERN)
+_mainland_re = re.compile(MAINLAND_MOBILE_PATTERN)
+_international_re = re.compile(INTERNATIONAL_PHONE_PATTERN)
+_phone_separators_re = re.compile(r"[ \-()]")
+# Control characters, invisible formatting (zero-width, bidi marks and overrides, BOM) and lone surrogates:
+# never meaningful in a name or a key, and a classic way to make two values look alike.
+_forbidden_chars_re = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
+    "\ud800-\udfff]"
+)
+
+TOP_LEVEL_FIELDS = {
+    "originSystem", "businessKey", "accountType", "employeeType", "systemList", "userList",
+    "priority",
+}
+USER_FIELDS = {"employeeNumber", "employeeName", "departmentCode", "phoneNumber", "partnerCompany", "country"}
+
+
+@dataclass
+class ValidatedBatch:
+    origin_system: str
+    business_key: str
+    account_type: str
+    employee_type: str
+    system_list: list[str]
+    users: list[dict]
+    priority: int | None = None
+    fingerprint: str = field(default="")
+
+
+class _Errors:
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def add(self, path: str, code: str, message: str) -> None:
+        self.items.append({"field": path, "code": code, "message": message})
+
+
+def _text(errors: _Errors, data: dict, key: str, path: str, *, max_length: int, required: bool,
+          pattern: re.Pattern | None = None, pattern_message: str = "") -> str:
+    value = data.get(key)
+    if value is None:
+        if required:
+            errors.add(path, "required", "This field is required.")
+        return ""
+    if not isinstance(value, str):
+        errors.add(path, "invalid_type", "Must be a string.")
+        return ""
+    value = value.strip()
+    if not value:
+        if required:
+            errors.add(path, "blank", "May not be blank.")
+        return ""
+    if _forbidden_chars_re.search(value):
+        errors.add(path, "invalid_characters", "Contains control or invisible formatting characters.")
+        return ""
+    if not unicodedata.is_normalized("NFC", value):
+        value = unicodedata.normalize("NFC", value)
+    if len(value) > max_length:
+        errors.add(path, "too_long", f"At most {max_length} characters.")
+        return ""
+    if pattern is not None and not pattern.match(value):
+        errors.add(path, "invalid_format", pattern_message)
+        return ""
+    return value
+
+
+def normalize_phone(value: str) -> str | None:
+    """Return the phone number in its stored form, or None when it is not a valid number."""
+    compact = _phone_separators_re.sub("", value)
+    if _mainland_re.match(compact):
+        return compact
+    if compact.startswith("+86") and _mainland_re.match(compact[3:]):
+        return compact[3:]
+    if _international_re.match(compact):
+        return compact
+    return None
+
+
+def _validate_user(errors: _Errors, user, index: int) -> dict | None:
+    prefix = f"userList[{index}]"
+    if not isinstance(user, dict):
+        errors.add(prefix, "invalid_type", "Each user must be an object.")
+        return None
+    for key in user.keys() - USER_FIELDS:
+        errors.add(f"{prefix}.{key}", "unknown_field", "Unknown field.")
+    employee_number = _text(
+        errors, user, "employeeNumber", f"{prefix}.employeeNumber", max_length=EMPLOYEE_NUMBER_MAX, required=True,
+        pattern=_employee_number_re,
+        pattern_message="Letters, digits, '.', '_' and '-' only, starting with a letter or digit.",
+    )
+    employee_name = _text(errors, user, "employeeName", f"{prefix}.employeeName",
+                          max_length=EMPLOYEE_NAME_MAX, required=True)
+    department_code = _text(errors, user, "departmentCode", f"{prefix}.departmentCode",
+                            max_length=DEPARTMENT_CODE_MAX, required=True)
+    raw_phone = _text(errors, user, "phoneNumber", f"{prefix}.phoneNumber", max_length=PHONE_MAX + 10,
+                      required=True)
+    phone = ""
+    if raw_phone:
+        phone = normalize_phone(raw_phone) or ""
+        if not phone:
+            errors.add(f"{prefix}.phoneNumber", "invalid_phone",
+                       "Must be a mainland mobile number (11 digits, starting 13-19) "
+                       "or an international number starting with '+'.")
+    partner_company = _text(errors, user, "partnerCompany", f"{prefix}.partnerCompany",
+                            max_length=PARTNER_COMPANY_MAX, required=False)
+    country = _text(errors, user, "country", f"{prefix}.country", max_length=COUNTRY_MAX, required=False)
+    return {
+        "employee_number": employee_number,
+        "employee_name": employee_name,
+        "department_code": department_code,
+        "phone_number": phone,
+        "partner_company": partner_company,
+        "country": country,
+    }
+
+
+def _validate_priority(errors: _Errors, data: dict) -> int | None:
+    value = data.get("priority")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.add("priority", "invalid_type", "Must be an integer.")
+        return None
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        errors.add("priority", "out_of_range", f"Must be between {PRIORITY_MIN} and {PRIORITY_MAX}.")
+        return None
+    return value
+
+
+def validate_create_accounts(data) -> ValidatedBatch:
+    """Validate and normalize a create_accounts body; raise PayloadInvalid with every error found."""
+    if not isinstance(data, dict):
+        raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
+    errors = _Errors()
+    for key in sorted(data.keys() - TOP_LEVEL_FIELDS):
+        errors.add(key, "unknown_field", "Unknown field.")
+
+    origin_system = _text(errors, data, "originSystem", "originSystem", max_length=ORIGIN_SYSTEM_MAX,
+                          required=True, pattern=ORIGIN_SYSTEM_RE,
+                          pattern_message="Letters, digits, '.', '_' and '-' only.")
+    business_key = _text(errors, data, "businessKey", "businessKey", max_length=BUSINESS_KEY_MAX, required=True)
+    account_type = _text(errors, data, "accountType", "accountType", max_length=ACCOUNT_TYPE_MAX, required=True)
+    employee_type = _text(errors, data, "employeeType", "employeeType", max_length=EMPLOYEE_TYPE_MAX,
+                          required=True)
+    priority = _validate_priority(errors, data)
+
+    systems = settings.PROVISIONING_SYSTEMS
+    system_list: list[str] = []
+    raw_systems = data.get("systemList")
+    if raw_systems is None:
+        errors.add("systemList", "required", "This field is required.")
+    elif not isinstance(raw_systems, list):
+        errors.add("systemList", "invalid_type", "Must be a list.")
+    elif not raw_systems:
+        errors.add("systemList", "empty", "Name at least one system.")
+    else:
+        for index, system in enumerate(raw_systems):
+            if not isinstance(system, str) or system not in systems:
+                errors.add(f"systemList[{index}]", "invalid_choice", f"Must be one of: {', '.join(systems)}.")
+            elif system in system_list:
+                errors.add(f"systemList[{index}]", "duplicate", f"'{system}' is listed twice.")
+            else:
+                system_list.append(system)
+
+    users: list[dict] = []
+    raw_users = data.get("userList")
+    max_users = settings.MAX_USERS_PER_REQUEST
+    if raw_users is None:
+        errors.add("userList", "required", "This field is required.")
+    elif not isinstance(raw_users, list):
+        errors.add("userList", "invalid_type", "Must be a list.")
+    elif not raw_users:
+        errors.add("userList", "empty", "Submit at least one user.")
+    elif len(raw_users) > max_users:
+        # Do not validate each user of an oversized batch: one clear error is more useful than thousands.
+        errors.add("userList", "too_many_users",
+                   f"At most {max_users} users per request; split the batch (got {len(raw_users)}).")
+    else:
+        seen: dict[str, int] = {}
+        for index, raw_user in enumerate(raw_users):
+            user = _validate_user(errors, raw_user, index)
+            if user is None:
+                continue
+            number = user["employee_number"]
+            if number:
+                folded = number.upper()
+                if folded in seen:
+                    errors.add(f"userList[{index}].employeeNumber", "duplicate",
+                               f"Employee number {number} also appears at userList[{seen[folded]}].")
+                else:
+                    seen[folded] = index
+            users.append(user)
+
+    if errors.items:
+        raise PayloadInvalid(
+            f"The request has {len(errors.items)} invalid field(s).", errors=errors.items,
+        )
+    batch = ValidatedBatch(
+        origin_system=origin_system, business_key=business_key, account_type=account_type,
+        employee_type=employee_type, system_list=system_list, users=users, priority=priority,
+    )
+    batch.fingerprint = fingerprint(batch)
+    return batch
+
+
+def fingerprint(batch: ValidatedBatch) -> str:
+    """A digest of the normalized payload: equal for resubmissions of the same batch."""
+    canonical = json.dumps(
+        {
+            "originSystem": batch.origin_system,
+            "businessKey": batch.business_key,
+            "accountType": batch.account_type,
+            "employeeType": batch.employee_type,
+            "systemList": batch.system_list,
+            "users": batch.users,
+            "priority": batch.priority,
+        },
+        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,41 @@
+"""A record of every run of a pipeline stage, however it was started."""
+
+from django.db import models
+
+
+class TaskRun(models.Model):
+    class Stage(models.TextChoices):
+        SYNC_HR_PERSONS = "sync_hr_persons", "HR 数据同步"
+        CREATE_ACCOUNT_TASKS = "create_account_tasks", "账号任务创建"
+        PROCESS_ACCOUNT_TASKS = "process_account_creation_tasks", "账号任务处理"
+
+    class Trigger(models.TextChoices):
+        CRON = "cron", "定时任务"
+        API = "api", "接口"
+        COMMAND = "command", "命令行"
+        SCHEDULER = "scheduler", "调度循环"
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "运行中"
+        SUCCEEDED = "succeeded", "成功"
+        FAILED = "failed", "失败"
+
+    stage = models.CharField("阶段", max_length=64, choices=Stage.choices)
+    trigger = models.CharField("触发方式", max_length=16, choices=Trigger.choices)
+    dry_run = models.BooleanField("试运行", default=False)
+    outcome = models.CharField("结果", max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    counts = models.JSONField("统计", default=dict, blank=True)
+    summary = models.TextField("摘要", blank=True, default="")
+    started_at = models.DateTimeField("开始时间", auto_now_add=True)
+    finished_at = models.DateTimeField("结束时间", null=True, blank=True)
+    host = models.CharField("主机", max_length=128, blank=True, default="")
+    pid = models.IntegerField("进程号", null=True, blank=True)
+    triggered_by = models.CharField("触发者", max_length=128, blank=True, default="")
+
+    class Meta:
+        verbose_name = "阶段运行记录"
+        verbose_name_plural = "阶段运行记录"
+        indexes = [models.Index(fields=["stage", "-started_at"], name="taskrun_stage_recent")]
+
+    def __str__(self):
+        return f"{self.stage} {self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
