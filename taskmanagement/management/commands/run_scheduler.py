@@ -1,0 +1,56 @@
+"""Run the three stages in a loop, for development and for containers without cron."""
+
+import logging
+import signal
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
+
+from taskmanagement.models import TaskRun
+from taskmanagement.services import stage_run
+
+logger = logging.getLogger(__name__)
+
+PIPELINE = [TaskRun.Stage.SYNC_HR_PERSONS, TaskRun.Stage.CREATE_ACCOUNT_TASKS, TaskRun.Stage.PROCESS_ACCOUNT_TASKS]
+
+
+class Command(BaseCommand):
+    help = ("Run sync_hr_persons, create_account_tasks and process_account_creation_tasks every "
+            "SCHEDULER_INTERVAL_SECONDS until stopped (SIGTERM or Ctrl-C finish the current stage first).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--interval", type=float, default=None,
+                            help="Seconds between rounds (default: SCHEDULER_INTERVAL_SECONDS).")
+        parser.add_argument("--once", action="store_true", help="Run one round and exit.")
+
+    def handle(self, *args, interval, once, **options):
+        interval = settings.SCHEDULER_INTERVAL_SECONDS if interval is None else interval
+        if interval <= 0:
+            raise CommandError("--interval must be positive")
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        self.stdout.write(f"scheduler: running the pipeline every {interval:g} s")
+        failures = 0
+        while not stop.is_set():
+            for stage in PIPELINE:
+                if stop.is_set():
+                    break
+                close_old_connections()
+                try:
+                    extra = {"stop": stop} if stage == TaskRun.Stage.PROCESS_ACCOUNT_TASKS else {}
+                    run = stage_run(stage=stage, trigger=TaskRun.Trigger.SCHEDULER, **extra)
+                    if any(isinstance(v, int) and v for v in run.counts.values()):
+                        self.stdout.write(f"{stage}: {run.summary}")
+                except Exception as exc:  # keep the loop alive; the next round retries
+                    failures += 1
+                    logger.exception("scheduler: %s failed", stage)
+                    self.stderr.write(f"{stage} failed: {type(exc).__name__}: {exc}")
+            if once:
+                break
+            stop.wait(interval)
+        self.stdout.write("scheduler: stopped")
+        if once and failures:
+            raise CommandError(f"{failures} stage(s) failed")
