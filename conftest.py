@@ -2,6 +2,9 @@
 
 from django.conf import settings
 
+# Shared fixtures (API callers with real tokens, the note's example payload) for every app's tests.
+pytest_plugins = ["syncservice.tests.fixtures"]
+
 
 def pytest_report_header(config):
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]

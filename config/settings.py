@@ -199,8 +199,36 @@ HR_BACKEND = os.environ.get("HR_BACKEND", "local")
 LOCAL_BACKEND_LATENCY_MS = env_int("LOCAL_BACKEND_LATENCY_MS", 0)
 LOCAL_BACKEND_TRANSIENT_FAILURE_RATE = env_float("LOCAL_BACKEND_TRANSIENT_FAILURE_RATE", 0.0)
 LOCAL_BACKEND_PERMANENT_FAILURE_RATE = env_float("LOCAL_BACKEND_PERMANENT_FAILURE_RATE", 0.0)
+# Deterministic injection: fail the first N calls of every task, or every call for matching employee numbers.
+LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT = env_int("LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT", 0)
+LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN = os.environ.get("LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN", "")
+LOCAL_BACKEND_FAILURE_SYSTEMS = env_list("LOCAL_BACKEND_FAILURE_SYSTEMS", [])
+# The local WeLink answers "in progress" first and opens the account on the next poll, like the real one.
+LOCAL_WELINK_ASYNC = env_bool("LOCAL_WELINK_ASYNC", False)
+LOCAL_WELINK_ASYNC_POLLS = env_int("LOCAL_WELINK_ASYNC_POLLS", 1)
 # Optional JSON file of persons the local HR backend serves to the incremental sync.
 LOCAL_HR_PERSONS_FILE = os.environ.get("LOCAL_HR_PERSONS_FILE", "")
+
+# --- Real target systems (HTTP backends) ---
+# Chosen with IDAAS_BACKEND=scim, WELINK_BACKEND=welink, MAILBOX_BACKEND=exmail, HR_BACKEND=http; see
+# docs/backends.md. Secrets come only from the environment.
+TARGET_HTTP_TIMEOUT_SECONDS = env_float("TARGET_HTTP_TIMEOUT_SECONDS", 10.0)
+TARGET_TOKEN_REFRESH_MARGIN_SECONDS = env_float("TARGET_TOKEN_REFRESH_MARGIN_SECONDS", 300.0)
+IDAAS_SCIM_URL = os.environ.get("IDAAS_SCIM_URL", "")
+IDAAS_SCIM_TOKEN = os.environ.get("IDAAS_SCIM_TOKEN", "")
+WELINK_API_URL = os.environ.get("WELINK_API_URL", "https://open.welink.huaweicloud.com")
+WELINK_CLIENT_ID = os.environ.get("WELINK_CLIENT_ID", "")
+WELINK_CLIENT_SECRET = os.environ.get("WELINK_CLIENT_SECRET", "")
+# WeLink allows 40 calls/s per client; one worker process stays under this (0 = no client-side limit).
+WELINK_MAX_CALLS_PER_SECOND = env_float("WELINK_MAX_CALLS_PER_SECOND", 30.0)
+EXMAIL_API_URL = os.environ.get("EXMAIL_API_URL", "https://api.exmail.qq.com")
+EXMAIL_CORP_ID = os.environ.get("EXMAIL_CORP_ID", "")
+EXMAIL_CORP_SECRET = os.environ.get("EXMAIL_CORP_SECRET", "")
+EXMAIL_DEPARTMENT_ID = os.environ.get("EXMAIL_DEPARTMENT_ID", "1")
+HR_API_URL = os.environ.get("HR_API_URL", "")
+HR_API_TOKEN = os.environ.get("HR_API_TOKEN", "")
+# Extra tries of one HR page on a timeout, 5xx or 429 before the sync run fails.
+HR_HTTP_RETRIES = env_int("HR_HTTP_RETRIES", 2)
 
 # Pipeline behaviour.
 STAGE_BATCH_SIZE = env_int("STAGE_BATCH_SIZE", 500)
@@ -226,7 +254,10 @@ CRONJOBS = [
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.create_account_tasks"),
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.process_account_creation_tasks"),
 ]
+# Cron runs with an empty environment: CRONTAB_COMMAND_PREFIX can load one, e.g. "set -a; . /etc/aps.env;".
 CRONTAB_COMMAND_PREFIX = os.environ.get("CRONTAB_COMMAND_PREFIX", "")
+CRONTAB_DJANGO_MANAGE_PATH = str(BASE_DIR / "manage.py")
+CRONTAB_EXECUTABLE = os.environ.get("CRONTAB_EXECUTABLE", "/usr/bin/crontab")
 CRONTAB_LOCK_JOBS = True
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

@@ -5,9 +5,10 @@ LOCAL_BACKEND_LATENCY_MS, LOCAL_BACKEND_TRANSIENT_FAILURE_RATE, LOCAL_BACKEND_PE
 LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT (fail the first N calls of every task, then succeed),
 LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN (employee numbers matching this regex fail for good),
 LOCAL_BACKEND_FAILURE_SYSTEMS (restrict injected failures to these systems), LOCAL_WELINK_ASYNC
-(WeLink answers "in progress" first, like the real one) and LOCAL_HR_PERSONS_FILE.
+(WeLink answers "in progress" for LOCAL_WELINK_ASYNC_POLLS calls first, like the real one) and LOCAL_HR_PERSONS_FILE.
 """
 
+import datetime as dt
 import json
 import random
 import re
@@ -33,7 +34,7 @@ class LocalBackend(TargetBackend):
             return None
         pattern = getattr(settings, "LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN", "")
         if pattern and re.search(pattern, person.employee_number):
-            return Outcome.permanent("LOCAL-422", f"{self.system} refused {person.employee_number} (injected)")
+            return Outcome.permanent("LOCAL-422", f"{self.system} refused the account (injected)")
         failures_per_account = getattr(settings, "LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT", 0)
         failed_so_far = state.get("injected_failures", 0)
         if failed_so_far < failures_per_account:
@@ -81,13 +82,17 @@ class LocalWelinkBackend(LocalBackend):
     system = "welink"
 
     def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
-        if getattr(settings, "LOCAL_WELINK_ASYNC", False) and not state.get("submitted"):
-            injected = self._inject(person, state)
-            if injected is not None:
-                return injected
+        if settings.LOCAL_WELINK_ASYNC and state.get("polls", 0) < settings.LOCAL_WELINK_ASYNC_POLLS:
+            if not state.get("submitted"):
+                injected = self._inject(person, state)
+                if injected is not None:
+                    return injected
             return Outcome.in_progress(code="47100", message="account opening in progress",
-                                       state={**state, "submitted": True})
+                                       state={**state, "submitted": True, "polls": state.get("polls", 0) + 1})
         return super().ensure_account(person, state)
+
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class LocalHrBackend(HrSourceBackend):
@@ -100,7 +105,12 @@ class LocalHrBackend(HrSourceBackend):
         persons = json.loads(Path(path).read_text(encoding="utf-8"))
 
         def key(person):
-            return parse_datetime(person["last_update_date"]), int(person["person_id"])
+            # Malformed records sort first and reach the sync, which skips and counts them.
+            updated = parse_datetime(str(person.get("last_update_date") or "")) or EPOCH
+            try:
+                return updated, int(person.get("person_id"))
+            except (TypeError, ValueError):
+                return updated, -1
 
         persons.sort(key=key)
         if updated_after is not None:
@@ -109,6 +119,6 @@ class LocalHrBackend(HrSourceBackend):
         page = persons[:limit]
         next_cursor = None
         if len(persons) > limit:
-            last = page[-1]
-            next_cursor = (last["last_update_date"], int(last["person_id"]))
+            updated, person_id = key(page[-1])
+            next_cursor = (updated.isoformat(), person_id)
         return HrPage(persons=page, next_cursor=next_cursor)

@@ -2,6 +2,7 @@
 
 import re
 import unicodedata
+from collections import Counter
 
 from django.conf import settings
 from pypinyin import Style, lazy_pinyin
@@ -71,9 +72,12 @@ def allocate_email_addresses(persons: list[HrPerson], *, domain: str | None = No
     bases = {p.pk or id(p): email_local_base(p.full_name, p.employee_number) for p in waiting}
     next_n: dict[str, int] = {}
     while waiting:
-        round_end = {base: next_n.get(base, 1) + window for base in set(bases.values())}
+        # Each base's window covers twice its waiting namesakes, so one round usually settles everyone.
+        wanted = Counter(bases.values())
+        round_start = {base: next_n.get(base, 1) for base in wanted}
+        round_end = {base: round_start[base] + window + 2 * count for base, count in wanted.items()}
         candidates = {
-            _address(base, n, domain) for base, end in round_end.items() for n in range(end - window, end)
+            _address(base, n, domain) for base in wanted for n in range(round_start[base], round_end[base])
         }
         in_use = {e.lower() for e in HrPerson.objects.filter(email__in=candidates).values_list("email", flat=True)}
         taken |= in_use

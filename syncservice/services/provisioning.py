@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connections
+from django.db import IntegrityError, OperationalError, connection, connections
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
@@ -299,6 +299,32 @@ class SystemWorkers:
             thread.join()
 
 
+class InlineWorkers:
+    """SQLite cannot write from several connections at once: call the backend in the stage's own thread."""
+
+    def __init__(self, system: str, results: queue.Queue):
+        self.system = system
+        self.size = 1
+        self.results = results
+        self.in_flight = 0
+
+    def submit(self, task: Task, token: str) -> None:
+        self.in_flight += 1
+        self.results.put(call_backend(task, token))
+
+    def take_unstarted(self) -> list[tuple[Task, str]]:
+        return []
+
+    def stop(self):
+        pass
+
+
+def make_workers(system: str, results: queue.Queue):
+    if connection.vendor == "sqlite":
+        return InlineWorkers(system, results)
+    return SystemWorkers(system, max(1, settings.BACKEND_CONCURRENCY.get(system, 4)), results)
+
+
 def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_seconds: float | None = None,
                       stop: threading.Event | None = None, worker: str | None = None,
                       flush_size: int = 200, flush_interval: float = 0.05) -> ProcessResult:
@@ -311,11 +337,13 @@ def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_se
             totals.by_system[system] = Task.objects.filter(_due(now), system=system).count()
         totals.claimed = sum(totals.by_system.values())
         return totals
+    for system in systems:
+        get_backend(system)  # a misconfigured backend fails the stage before anything is claimed
     worker = worker or worker_name()
     stop = stop or threading.Event()
     deadline = time.monotonic() + (max_seconds or settings.PROCESS_STAGE_MAX_SECONDS)
     results: queue.Queue = queue.Queue()
-    pools = {s: SystemWorkers(s, max(1, settings.BACKEND_CONCURRENCY.get(s, 4)), results) for s in systems}
+    pools = {system: make_workers(system, results) for system in systems}
     exhausted = set()
     buffer: list[CallResult] = []
     last_flush = time.monotonic()

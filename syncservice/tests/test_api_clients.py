@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 
 from syncservice.models import ApiClient
 
-from .conftest import Caller, note_example
+from .fixtures import Caller, note_example
 
 pytestmark = pytest.mark.django_db
 

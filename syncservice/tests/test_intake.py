@@ -8,7 +8,7 @@ from django.db import connection
 
 from syncservice.models import AccountCreationRequest, AccountCreationRequestItem, ApiClient
 
-from .conftest import make_users, note_example
+from .fixtures import make_users, note_example
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 
 from syncservice.models import AccountCreationRequestItem
 
-from .conftest import note_example
+from .fixtures import note_example
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from syncservice.models import Account, AccountCreationRequest, HrPerson
 
-from .conftest import note_example
+from .fixtures import note_example
 
 pytestmark = pytest.mark.django_db
 

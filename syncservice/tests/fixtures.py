@@ -1,4 +1,4 @@
-"""Fixtures: API clients with real tokens, and helpers to call the API through the test client."""
+"""Shared test fixtures: API clients with real tokens, and helpers to call the API through the test client."""
 
 import json
 
@@ -81,3 +81,13 @@ def hr_caller(make_caller):
 @pytest.fixture
 def operator_caller(make_caller):
     return make_caller("ops", operator=True)
+
+
+def _on_postgres() -> bool:
+    from django.db import connection
+    return connection.vendor == "postgresql"
+
+
+requires_postgres = pytest.mark.skipif(
+    not _on_postgres(), reason="needs PostgreSQL (row locks, or bulk statements SQLite would split); "
+                               "set DATABASE_URL=postgres://...")
