@@ -174,6 +174,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Service settings -----------------------------------------------------------------------
 
+# Key for secrets stored encrypted (webhook signing secrets); derived from SECRET_KEY when unset.
+FIELD_ENCRYPTION_KEY = os.environ.get("FIELD_ENCRYPTION_KEY", "")
+
 # Intake limits.
 MAX_USERS_PER_REQUEST = env_int("MAX_USERS_PER_REQUEST", 1000)
 MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 4 * 1024 * 1024)

@@ -29,6 +29,13 @@ class ApiClient(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_hint = models.CharField("令牌前缀", max_length=16, editable=False)
     default_priority = models.SmallIntegerField("默认优先级", default=0)
+    throttle_rate = models.CharField(
+        "限流速率", max_length=32, blank=True, default="",
+        help_text="Requests allowed, e.g. '120/min' or '10/s'; empty: the default (API_THROTTLE_RATE).",
+    )
+    webhook_secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    notify_email = models.EmailField("通知邮箱", blank=True, default="",
+                                     help_text="Receives an email when one of this client's requests ends.")
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     last_used_at = models.DateTimeField("最近使用", null=True, blank=True, editable=False)
 
@@ -365,3 +372,62 @@ class LocalTargetAccount(models.Model):
 
     def __str__(self):
         return f"{self.system}:{self.employee_number}"
+
+
+class Notification(models.Model):
+    """Outbox of completion notifications: a signed webhook or an email, delivered by the process stage."""
+
+    class Channel(models.TextChoices):
+        WEBHOOK = "webhook", "回调"
+        EMAIL = "email", "邮件"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "待发送"
+        SENDING = "sending", "发送中"
+        DELIVERED = "delivered", "已送达"
+        FAILED = "failed", "失败"
+
+    request = models.ForeignKey(AccountCreationRequest, on_delete=models.CASCADE, related_name="notifications",
+                                verbose_name="请求")
+    channel = models.CharField("渠道", max_length=16, choices=Channel.choices)
+    target = models.CharField("目标", max_length=2048)
+    message_id = models.CharField("消息ID", max_length=64, unique=True)
+    payload = models.JSONField("内容")
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.IntegerField("尝试次数", default=0)
+    max_attempts = models.IntegerField("最大尝试次数", default=8)
+    next_attempt_at = models.DateTimeField("下次发送时间", default=timezone.now)
+    lease_expires_at = models.DateTimeField("租约到期", null=True, blank=True)
+    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    last_status_code = models.IntegerField("最近响应码", null=True, blank=True)
+    last_error = models.TextField("最近错误", blank=True, default="")
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    delivered_at = models.DateTimeField("送达时间", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "完成通知"
+        verbose_name_plural = "完成通知"
+        indexes = [
+            models.Index(fields=["next_attempt_at"], condition=Q(status__in=["pending", "sending"]),
+                         name="notification_due"),
+        ]
+
+    def __str__(self):
+        return f"{self.channel} {self.message_id}: {self.status}"
+
+
+class TargetThrottle(models.Model):
+    """Shared pacing of calls to one target system, across every worker process."""
+
+    system = models.CharField("系统", max_length=16, choices=System.choices, unique=True)
+    next_call_at = models.DateTimeField("下一次可调用时间", default=timezone.now)
+    paused_until = models.DateTimeField("暂停至", null=True, blank=True)
+    pause_reason = models.CharField("暂停原因", max_length=255, blank=True, default="")
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+
+    class Meta:
+        verbose_name = "目标系统限速"
+        verbose_name_plural = "目标系统限速"
+
+    def __str__(self):
+        return self.system
