@@ -1,9 +1,10 @@
 """Django Admin for operators: requests, items, persons, accounts, tasks and API clients."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils.html import format_html
 
+from .errors import InvalidTransition
 from .models import (
     Account,
     AccountCreationRequest,
@@ -14,6 +15,7 @@ from .models import (
     HrSyncState,
     TaskAttempt,
 )
+from .services.lifecycle import items_retry, request_cancel, request_retry, tasks_retry
 
 
 def mask_phone(phone: str) -> str:
@@ -95,6 +97,33 @@ class AccountCreationRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     inlines = [RequestItemInline]
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
+    actions = ["cancel_requests", "retry_requests"]
+
+    @admin.action(description="取消所选请求")
+    def cancel_requests(self, request, queryset):
+        done, refused = 0, []
+        for account_request in queryset:
+            try:
+                request_cancel(request=account_request)
+                done += 1
+            except InvalidTransition as exc:
+                refused.append(exc.message)
+        self.message_user(request, f"已取消（或正在取消）{done} 个请求。")
+        for message in refused:
+            self.message_user(request, message, level=messages.WARNING)
+
+    @admin.action(description="重试所选请求的失败用户")
+    def retry_requests(self, request, queryset):
+        done, refused = 0, []
+        for account_request in queryset:
+            try:
+                request_retry(request=account_request)
+                done += 1
+            except InvalidTransition as exc:
+                refused.append(exc.message)
+        self.message_user(request, f"已重试 {done} 个请求。")
+        for message in refused:
+            self.message_user(request, message, level=messages.WARNING)
 
     def get_search_results(self, request, queryset, search_term):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
@@ -131,6 +160,12 @@ class AccountCreationRequestItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     readonly_fields = [f.name for f in AccountCreationRequestItem._meta.fields if f.name != "phone_number"] + [
         "masked_phone"]
     inlines = [TaskInline]
+    actions = ["retry_items"]
+
+    @admin.action(description="重试所选失败的用户")
+    def retry_items(self, request, queryset):
+        count = items_retry(items=list(queryset))
+        self.message_user(request, f"已重新排队 {count} 个失败的用户。")
 
     @admin.display(description="电话号码")
     def masked_phone(self, obj):
@@ -189,6 +224,12 @@ class AccountCreationTaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("person",)
     readonly_fields = [f.name for f in AccountCreationTask._meta.fields]
     inlines = [AttemptInline]
+    actions = ["retry_tasks"]
+
+    @admin.action(description="重试所选失败的任务")
+    def retry_tasks(self, request, queryset):
+        count = tasks_retry(tasks=list(queryset))
+        self.message_user(request, f"已为 {count} 个失败的任务创建新任务。")
 
 
 @admin.register(TaskAttempt)

@@ -162,6 +162,7 @@ class AccountCreationRequest(models.Model):
         ApiClient, on_delete=models.SET_NULL, null=True, blank=True, related_name="requests", verbose_name="客户端"
     )
     priority = models.SmallIntegerField("优先级", default=0)
+    cancel_requested_at = models.DateTimeField("取消时间", null=True, blank=True)
     callback_url = models.URLField("回调地址", max_length=2048, blank=True, default="")
     payload_fingerprint = models.CharField("请求指纹", max_length=64, editable=False)
 

@@ -12,6 +12,7 @@ from .. import selectors
 from ..errors import PayloadInvalid
 from ..models import AccountCreationRequest
 from ..services.intake import request_submit
+from ..services.lifecycle import request_cancel, request_retry
 from ..validation import validate_create_accounts
 from .permissions import CanReadRequests, IsOriginClient
 from .serializers import (
@@ -139,3 +140,55 @@ class RequestListView(APIView):
         paginator = RequestPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([selectors.request_summary(r) for r in page])
+
+
+class ActionResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    requestId = serializers.CharField()
+    status = serializers.ChoiceField(choices=AccountCreationRequest.Status.choices)
+    status_display = serializers.CharField()
+    message = serializers.CharField()
+
+
+def action_body(account_request: AccountCreationRequest, message: str) -> dict:
+    return {
+        "success": True,
+        "requestId": account_request.request_id,
+        "status": account_request.status,
+        "status_display": account_request.get_status_display(),
+        "message": message,
+    }
+
+
+class RequestCancelView(APIView):
+    permission_classes = [CanReadRequests]
+
+    @extend_schema(
+        operation_id="cancel_request", summary="Cancel a request", request=None,
+        responses={200: ActionResponseSerializer, **ERROR_RESPONSES},
+        description=(
+            "A pending request is cancelled at once. A processing one stops every task not yet started and "
+            "ends `cancelled` once the calls in flight finish (status stays `processing` until then). "
+            "Accounts already created stay and are listed in the status document. A final request: 409."
+        ),
+    )
+    def post(self, request, request_id: str):
+        account_request = selectors.request_get(client=request.user, request_id=request_id)
+        account_request = request_cancel(request=account_request)
+        message = "请求已取消" if account_request.is_final else "正在取消：等待执行中的任务结束"
+        return Response(action_body(account_request, message))
+
+
+class RequestRetryView(APIView):
+    permission_classes = [CanReadRequests]
+
+    @extend_schema(
+        operation_id="retry_request", summary="Retry the failed items of a request", request=None,
+        responses={200: ActionResponseSerializer, **ERROR_RESPONSES},
+        description="Failed items get fresh tasks (attempts from zero; the old attempts stay in the history) "
+                    "and the request goes back to `processing`. Without failed items: 409.",
+    )
+    def post(self, request, request_id: str):
+        account_request = selectors.request_get(client=request.user, request_id=request_id)
+        account_request = request_retry(request=account_request)
+        return Response(action_body(account_request, "失败的用户已重新排队处理"))

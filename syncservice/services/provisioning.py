@@ -25,6 +25,7 @@ from django.utils import timezone
 from ..backends import get_backend
 from ..backends.base import Outcome, OutcomeKind, PersonSnapshot
 from ..models import Account, AccountCreationTask, TaskAttempt
+from .lifecycle import stop_retries_of_cancelled_requests
 from .locking import atomic_with_retry, skip_locked
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
 
@@ -196,8 +197,10 @@ def record_results(results: list[CallResult], *, worker: str, totals: ProcessRes
             Task.objects.bulk_update([r.task for r in kept], TASK_RESULT_FIELDS)
             TaskAttempt.objects.bulk_create(attempts)
             _update_accounts(kept, now)
-            rollup_items_for_persons({r.task.person_id for r in kept if r.task.status in
-                                      (Task.Status.SUCCEEDED, Task.Status.FAILED)})
+            stopped = stop_retries_of_cancelled_requests(
+                [r.task.pk for r in kept if r.task.status == Task.Status.PENDING])
+            rollup_items_for_persons(stopped | {r.task.person_id for r in kept if r.task.status in
+                                                (Task.Status.SUCCEEDED, Task.Status.FAILED)})
         return verdicts, len(results) - len(kept)
 
     verdicts, fenced = atomic_with_retry(write, retry_on=(OperationalError, IntegrityError))

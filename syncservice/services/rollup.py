@@ -38,12 +38,26 @@ def rollup_items_for_persons(person_ids) -> int:
     finished = []
     for item in items:
         wanted = [accounts.get((item.hr_person_id, system)) for system in item.request.system_list]
-        if any(a is None or a.status not in (Account.Status.CREATED, Account.Status.FAILED) for a in wanted):
+        statuses = [a.status if a else Account.Status.NOT_CREATED for a in wanted]
+        if item.request.cancel_requested_at is not None:
+            # Cancelling: the item ends once nothing of it is in flight; what was not created is cancelled.
+            if Account.Status.CREATING in statuses:
+                continue
+            unfinished = Account.Status.NOT_CREATED in statuses
+        elif any(status not in (Account.Status.CREATED, Account.Status.FAILED) for status in statuses):
             continue
-        failures = [a for a in wanted if a.status == Account.Status.FAILED]
-        item.status = Item.Status.FAILED if failures else Item.Status.COMPLETED
+        else:
+            unfinished = False
+        failures = [a for a in wanted if a and a.status == Account.Status.FAILED]
+        if unfinished:
+            item.status = Item.Status.CANCELLED
+        else:
+            item.status = Item.Status.FAILED if failures else Item.Status.COMPLETED
         item.error_message = "; ".join(f"{SYSTEM_LABELS.get(a.system, a.system)}: {a.error_message}"
                                        for a in failures)
+        if unfinished:
+            note = "cancelled before every account was created"
+            item.error_message = f"{item.error_message}; {note}" if item.error_message else note
         item.updated_at = now
         finished.append(item)
     if finished:
@@ -76,7 +90,7 @@ def rollup_requests(request_ids) -> int:
         request.processed_users = processed
         request.updated_at = now
         if processed == request.total_users and request.status == Request.Status.PROCESSING:
-            if row["cancelled"]:
+            if row["cancelled"] or request.cancel_requested_at is not None:
                 request.status = Request.Status.CANCELLED
             elif row["failed"] == 0:
                 request.status = Request.Status.COMPLETED

@@ -1,8 +1,12 @@
 """Shared test fixtures: API clients with real tokens, and helpers to call the API through the test client."""
 
 import json
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
+
+from syncservice.backends import reset_backends
 
 from syncservice.services.clients import api_client_create
 
@@ -91,3 +95,27 @@ def _on_postgres() -> bool:
 requires_postgres = pytest.mark.skipif(
     not _on_postgres(), reason="needs PostgreSQL (row locks, or bulk statements SQLite would split); "
                                "set DATABASE_URL=postgres://...")
+
+
+STAGES = ["sync_hr_persons", "create_account_tasks", "process_account_creation_tasks"]
+
+
+def stage(name: str, *args) -> str:
+    """Run one stage command in-process; return its one-line summary."""
+    out = StringIO()
+    call_command(name, *args, stdout=out)
+    return out.getvalue().strip()
+
+
+def run_pipeline(rounds: int = 1) -> list[str]:
+    return [stage(name) for _ in range(rounds) for name in STAGES]
+
+
+@pytest.fixture
+def fast_retries(settings):
+    """Retries and polls due at once, and backends rebuilt from the test's settings."""
+    settings.TASK_RETRY_BASE_SECONDS = 0
+    settings.TASK_ASYNC_POLL_SECONDS = 0
+    reset_backends()
+    yield
+    reset_backends()

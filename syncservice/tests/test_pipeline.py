@@ -1,15 +1,13 @@
 """The three stages against the local backends: a request goes from pending to a final status."""
 
 import json
-from io import StringIO
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from syncservice.backends import reset_backends
 from syncservice.models import (
     Account,
     AccountCreationRequest,
@@ -23,33 +21,11 @@ from syncservice.models import (
 from syncservice.services.provisioning import claim_due_tasks, call_backend, record_results, ProcessResult
 from taskmanagement.models import TaskRun
 
-from .fixtures import make_users, note_example, requires_postgres
+from .fixtures import STAGES, make_users, note_example, requires_postgres, run_pipeline, stage
 
 # Backends run in worker threads with their own connections: their writes commit, so each test must
 # start from empty tables rather than from a rolled-back transaction.
-pytestmark = pytest.mark.django_db(transaction=True)
-
-STAGES = ["sync_hr_persons", "create_account_tasks", "process_account_creation_tasks"]
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(settings):
-    settings.TASK_RETRY_BASE_SECONDS = 0
-    settings.TASK_ASYNC_POLL_SECONDS = 0
-    reset_backends()
-    yield
-    reset_backends()
-
-
-def stage(name: str, *args) -> str:
-    out = StringIO()
-    call_command(name, *args, stdout=out)
-    return out.getvalue().strip()
-
-
-def run_pipeline(rounds: int = 1) -> list[str]:
-    return [stage(name) for _ in range(rounds) for name in STAGES]
-
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
 
 def submit(caller, **overrides) -> AccountCreationRequest:
     response = caller.submit(note_example(**overrides))

@@ -1,0 +1,156 @@
+"""Operator actions on requests: cancel and retry."""
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from ..errors import InvalidTransition
+from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask
+from .locking import wait_locked
+from .rollup import rollup_items_for_persons, rollup_requests
+
+Request = AccountCreationRequest
+Item = AccountCreationRequestItem
+Task = AccountCreationTask
+
+
+def _lock_request(request: Request) -> Request:
+    return wait_locked(Request.objects.filter(pk=request.pk)).get()
+
+
+@transaction.atomic
+def request_cancel(*, request: Request) -> Request:
+    """Cancel a request. Pending: at once. Processing: every task not yet started is cancelled and the
+    request ends `cancelled` when the calls in flight have finished. Accounts already created stay."""
+    request = _lock_request(request)
+    if request.is_final:
+        raise InvalidTransition(f"Request {request.request_id} is already {request.status}; it cannot be cancelled.")
+    if request.cancel_requested_at is not None:
+        return request
+    now = timezone.now()
+    request.cancel_requested_at = now
+    request.save(update_fields=["cancel_requested_at", "updated_at"])
+    items = wait_locked(Item.objects.filter(request=request).order_by("id"))
+    items.filter(status__in=[Item.Status.PENDING, Item.Status.SYNCED]).update(
+        status=Item.Status.CANCELLED, error_message="cancelled", updated_at=now)
+    if request.status == Request.Status.PENDING:
+        # Nothing was claimed yet: the request ends here. It passes through processing so that the roll-up
+        # finalizes it like any other.
+        Request.objects.filter(pk=request.pk).update(status=Request.Status.PROCESSING)
+    else:
+        _cancel_unstarted_tasks(request, now)
+    rollup_items_for_persons(set(request.items.exclude(hr_person=None).values_list("hr_person_id", flat=True)))
+    rollup_requests([request.pk])
+    return Request.objects.get(pk=request.pk)
+
+
+def _cancel_unstarted_tasks(request: Request, now) -> None:
+    tasks = list(wait_locked(Task.objects.filter(
+        request_item__request=request, status=Task.Status.PENDING).order_by("id")))
+    if not tasks:
+        return
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(
+        status=Task.Status.CANCELLED, finished_at=now, updated_at=now, last_error="cancelled with the request")
+    keys = {(t.person_id, t.system) for t in tasks}
+    condition = Q()
+    for person_id, system in keys:
+        condition |= Q(person_id=person_id, system=system)
+    Account.objects.filter(condition, status=Account.Status.CREATING).update(
+        status=Account.Status.NOT_CREATED, updated_at=now)
+    # Other requests waiting on one of these tasks get their own task from the next create_account_tasks run.
+    others = Item.objects.filter(
+        hr_person_id__in={p for p, _ in keys}, status=Item.Status.TASK_CREATED,
+        request__status=Request.Status.PROCESSING, request__cancel_requested_at__isnull=True,
+    ).exclude(request=request).select_related("request")
+    reopened = [item.pk for item in others
+                if any((item.hr_person_id, s) in keys for s in item.request.system_list)]
+    Item.objects.filter(pk__in=reopened).update(status=Item.Status.SYNCED, updated_at=now)
+
+
+def stop_retries_of_cancelled_requests(task_ids) -> set[int]:
+    """Tasks about to be retried whose request is being cancelled are cancelled instead; return their
+    persons (for the roll-up)."""
+    tasks = list(Task.objects.filter(pk__in=task_ids, status=Task.Status.PENDING,
+                                     request_item__request__cancel_requested_at__isnull=False))
+    if not tasks:
+        return set()
+    now = timezone.now()
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(
+        status=Task.Status.CANCELLED, finished_at=now, updated_at=now)
+    condition = Q()
+    for task in tasks:
+        condition |= Q(person_id=task.person_id, system=task.system)
+    Account.objects.filter(condition, status=Account.Status.CREATING).update(
+        status=Account.Status.NOT_CREATED, updated_at=now)
+    return {task.person_id for task in tasks}
+
+
+def _reopen_items(request: Request, items: list[Item], now) -> None:
+    Item.objects.filter(pk__in=[i.pk for i in items]).update(
+        status=Item.Status.SYNCED, error_message="", updated_at=now)
+    # Failed accounts must be attempted again: the task stage skips only accounts already created.
+    Account.objects.filter(person_id__in=[i.hr_person_id for i in items], system__in=request.system_list,
+                           status=Account.Status.FAILED).update(
+        status=Account.Status.NOT_CREATED, error_message="", updated_at=now)
+    Request.objects.filter(pk=request.pk).update(
+        status=Request.Status.PROCESSING, completed_at=None, error_summary=None, cancel_requested_at=None,
+        updated_at=now)
+    rollup_requests([request.pk])
+
+
+@transaction.atomic
+def request_retry(*, request: Request) -> Request:
+    """Give the failed items of a request fresh tasks (new task rows, attempts from zero, the old tasks and
+    their attempts kept as history); the request goes back to processing."""
+    request = _lock_request(request)
+    if request.status not in (Request.Status.PARTIAL_FAILED, Request.Status.FAILED, Request.Status.PROCESSING):
+        raise InvalidTransition(f"Request {request.request_id} is {request.status}; only failed items can be retried.")
+    items = list(wait_locked(Item.objects.filter(request=request, status=Item.Status.FAILED,
+                                                 hr_person__isnull=False).order_by("id")))
+    if not items:
+        raise InvalidTransition(f"Request {request.request_id} has no failed items to retry.")
+    _reopen_items(request, items, timezone.now())
+    return Request.objects.get(pk=request.pk)
+
+
+@transaction.atomic
+def items_retry(*, items) -> int:
+    """Retry failed items (the admin action); returns how many were reopened."""
+    items = list(wait_locked(Item.objects.filter(pk__in=[i.pk for i in items], status=Item.Status.FAILED,
+                                                 hr_person__isnull=False).order_by("id")))
+    now = timezone.now()
+    by_request: dict[int, list[Item]] = {}
+    for item in items:
+        by_request.setdefault(item.request_id, []).append(item)
+    for request in wait_locked(Request.objects.filter(pk__in=by_request).order_by("id")):
+        _reopen_items(request, by_request[request.pk], now)
+    return len(items)
+
+
+@transaction.atomic
+def tasks_retry(*, tasks) -> int:
+    """Retry failed tasks (the admin action): a fresh task per failed one, history kept."""
+    failed = list(wait_locked(Task.objects.filter(pk__in=[t.pk for t in tasks], status=Task.Status.FAILED)
+                              .order_by("id")))
+    now = timezone.now()
+    fresh = []
+    for task in failed:
+        if Task.objects.filter(person_id=task.person_id, system=task.system, status__in=Task.OPEN_STATUSES).exists():
+            continue
+        fresh.append(Task(person_id=task.person_id, system=task.system, request_item_id=task.request_item_id,
+                          priority=task.priority, max_attempts=task.max_attempts, next_attempt_at=now))
+    Task.objects.bulk_create(fresh)
+    condition = Q()
+    for task in fresh:
+        condition |= Q(person_id=task.person_id, system=task.system)
+    if fresh:
+        Account.objects.filter(condition).exclude(status=Account.Status.CREATED).update(
+            status=Account.Status.CREATING, error_message="", updated_at=now)
+        item_ids = {t.request_item_id for t in fresh if t.request_item_id}
+        items = Item.objects.filter(pk__in=item_ids, status=Item.Status.FAILED)
+        request_ids = set(items.values_list("request_id", flat=True))
+        items.update(status=Item.Status.TASK_CREATED, error_message="", updated_at=now)
+        Request.objects.filter(pk__in=request_ids).update(
+            status=Request.Status.PROCESSING, completed_at=None, error_summary=None, updated_at=now)
+        rollup_requests(request_ids)
+    return len(fresh)
