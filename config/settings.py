@@ -157,6 +157,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["syncservice.api.throttling.ClientRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -173,6 +174,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Service settings -----------------------------------------------------------------------
+
+# Inbound rate limit per API client (a client's own throttle_rate overrides it); empty disables it.
+# Counted in a database cache table so that every server process shares the count.
+API_THROTTLE_RATE = os.environ.get("API_THROTTLE_RATE", "600/min")
+API_THROTTLE_CACHE = "throttle"
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "aps_throttle_cache"},
+}
 
 # Key for secrets stored encrypted (webhook signing secrets); derived from SECRET_KEY when unset.
 FIELD_ENCRYPTION_KEY = os.environ.get("FIELD_ENCRYPTION_KEY", "")
@@ -233,6 +243,31 @@ HR_API_TOKEN = os.environ.get("HR_API_TOKEN", "")
 # Extra tries of one HR page on a timeout, 5xx or 429 before the sync run fails.
 HR_HTTP_RETRIES = env_int("HR_HTTP_RETRIES", 2)
 
+# --- Completion notifications ---
+# A request's final status document goes to its callbackUrl (signed with the client's webhook secret) and,
+# for clients with a notify address, an email goes to operators; both leave from an outbox table that the
+# process stage drains. Callback URLs must be https and resolve to public addresses, except for hosts on
+# CALLBACK_ALLOWED_HOSTS (comma-separated host names; these may also use http and private addresses).
+CALLBACK_ALLOWED_HOSTS = env_list("CALLBACK_ALLOWED_HOSTS", [])
+CALLBACK_ALLOW_PRIVATE_NETWORKS = env_bool("CALLBACK_ALLOW_PRIVATE_NETWORKS", False)
+CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10.0)
+NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 8)
+NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0)
+NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 3600.0)
+# A claimed notification whose sender died is sent again after this; it must outlast one batch of sends.
+NOTIFICATION_LEASE_SECONDS = env_int("NOTIFICATION_LEASE_SECONDS", 300)
+NOTIFICATION_BATCH_SIZE = env_int("NOTIFICATION_BATCH_SIZE", 20)
+NOTIFICATION_CONCURRENCY = env_int("NOTIFICATION_CONCURRENCY", 4)
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+# An SMTP server that never answers must not hold the process stage.
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", f"account-provisioning@{EMAIL_DOMAIN}")
+
 # Pipeline behaviour.
 STAGE_BATCH_SIZE = env_int("STAGE_BATCH_SIZE", 500)
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 5)
@@ -251,11 +286,15 @@ BACKEND_CONCURRENCY = {
 
 # Scheduling: the three stages every STAGE_INTERVAL_MINUTES through django-crontab.
 STAGE_INTERVAL_MINUTES = env_int("STAGE_INTERVAL_MINUTES", 5)
+# Finished requests are kept this long, then deleted by purge_account_requests (daily at PURGE_SCHEDULE).
+REQUEST_RETENTION_DAYS = env_int("REQUEST_RETENTION_DAYS", 30)
+PURGE_SCHEDULE = os.environ.get("PURGE_SCHEDULE", "30 3 * * *")
 SCHEDULER_INTERVAL_SECONDS = env_int("SCHEDULER_INTERVAL_SECONDS", STAGE_INTERVAL_MINUTES * 60)
 CRONJOBS = [
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.sync_hr_persons"),
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.create_account_tasks"),
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.process_account_creation_tasks"),
+    (PURGE_SCHEDULE, "taskmanagement.cron.purge_account_requests"),
 ]
 # Cron runs with an empty environment: CRONTAB_COMMAND_PREFIX can load one, e.g. "set -a; . /etc/aps.env;".
 CRONTAB_COMMAND_PREFIX = os.environ.get("CRONTAB_COMMAND_PREFIX", "")

@@ -1,11 +1,21 @@
 """Data model: persons, their accounts, the request buffer and the provisioning tasks."""
 
 import hashlib
+import re
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+
+THROTTLE_RATE_RE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def validate_throttle_rate(value: str) -> None:
+    if value and not THROTTLE_RATE_RE.match(value):
+        raise ValidationError(f"{value!r} is not a rate like '120/min' or '10/s'.")
 
 
 class System(models.TextChoices):
@@ -30,7 +40,7 @@ class ApiClient(models.Model):
     token_hint = models.CharField("令牌前缀", max_length=16, editable=False)
     default_priority = models.SmallIntegerField("默认优先级", default=0)
     throttle_rate = models.CharField(
-        "限流速率", max_length=32, blank=True, default="",
+        "限流速率", max_length=32, blank=True, default="", validators=[validate_throttle_rate],
         help_text="Requests allowed, e.g. '120/min' or '10/s'; empty: the default (API_THROTTLE_RATE).",
     )
     webhook_secret_encrypted = models.TextField(blank=True, default="", editable=False)

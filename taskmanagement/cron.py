@@ -14,3 +14,7 @@ def create_account_tasks():
 
 def process_account_creation_tasks():
     stage_run(stage=TaskRun.Stage.PROCESS_ACCOUNT_TASKS, trigger=TaskRun.Trigger.CRON)
+
+
+def purge_account_requests():
+    stage_run(stage=TaskRun.Stage.PURGE_ACCOUNT_REQUESTS, trigger=TaskRun.Trigger.CRON)

@@ -8,7 +8,10 @@ from typing import Callable
 
 from django.utils import timezone
 
+from django.conf import settings
+
 from syncservice.services.provisioning import run_process_stage
+from syncservice.services.retention import purge_finished_requests
 from syncservice.services.sync import run_sync_stage
 from syncservice.services.tasks import run_task_creation_stage
 
@@ -65,10 +68,23 @@ def _run_process(dry_run, limit, **options):
     return run_process_stage(dry_run=dry_run, limit=limit, **options).as_counts()
 
 
+def _run_purge(dry_run, limit, older_than_days=None, **_):
+    days = settings.REQUEST_RETENTION_DAYS if older_than_days is None else older_than_days
+    counts = purge_finished_requests(older_than_days=days, dry_run=dry_run).as_counts()
+    return {**counts, "older_than_days": days}
+
+
+def _describe_purge(c: dict, dry_run: bool) -> str:
+    verb = "would delete" if dry_run else "deleted"
+    return (f"{verb} {c['requests']} finished request(s) and {c['items']} item(s) "
+            f"older than {c['older_than_days']} day(s)")
+
+
 STAGES = {
     TaskRun.Stage.SYNC_HR_PERSONS: StageSpec(_run_sync, _describe_sync),
     TaskRun.Stage.CREATE_ACCOUNT_TASKS: StageSpec(_run_tasks, _describe_tasks),
     TaskRun.Stage.PROCESS_ACCOUNT_TASKS: StageSpec(_run_process, _describe_process),
+    TaskRun.Stage.PURGE_ACCOUNT_REQUESTS: StageSpec(_run_purge, _describe_purge),
 }
 
 

@@ -4,6 +4,7 @@ import json
 from io import StringIO
 
 import pytest
+from django.core.cache import caches
 from django.core.management import call_command
 
 from syncservice.backends import reset_backends
@@ -64,7 +65,10 @@ class Caller:
 
 
 @pytest.fixture
-def make_caller(db, client):
+def make_caller(db, client, settings):
+    # Rate-limit counts live in a cache table that transactional tests do not flush: start from zero.
+    caches[settings.API_THROTTLE_CACHE].clear()
+
     def _make(origin: str = "HR_SYSTEM", *, operator: bool = False, name: str | None = None,
               priority: int = 0) -> Caller:
         api_client, token = api_client_create(

@@ -323,3 +323,37 @@ def test_invalid_utf8_is_400(hr_caller):
 
 def test_wrong_method_is_405_in_the_error_shape(hr_caller):
     assert_error_shape(hr_caller.get("/account-creation/create_accounts/"), 405, "method_not_allowed")
+
+
+# --- Inbound rate limiting ---------------------------------------------------------------------------
+
+def test_a_client_flooding_the_intake_gets_429_with_retry_after(make_caller):
+    flood = make_caller("FLOOD_SYSTEM")
+    ApiClient.objects.filter(pk=flood.api_client.pk).update(throttle_rate="5/min")
+    calm = make_caller("HR_SYSTEM")
+
+    answers = [flood.submit(note_example(originSystem="FLOOD_SYSTEM", businessKey=f"K{i}")) for i in range(7)]
+
+    assert [a.status_code for a in answers] == [202] * 5 + [429] * 2
+    body = assert_error_shape(answers[-1], 429, "rate_limited")
+    assert 0 < int(answers[-1]["Retry-After"]) <= 60
+    assert "throttled" in body["message"].lower()
+    assert AccountCreationRequest.objects.count() == 5
+    # The limit is per client: another client is not affected.
+    assert calm.submit(note_example()).status_code == 202
+
+
+def test_the_default_rate_applies_without_a_client_override(make_caller, settings):
+    settings.API_THROTTLE_RATE = "2/min"
+    caller = make_caller("HR_SYSTEM")
+    codes = [caller.get("/account-creation/requests/").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_an_invalid_throttle_rate_is_refused_by_validation():
+    from django.core.exceptions import ValidationError
+
+    client = ApiClient(name="x", origin_system="X", throttle_rate="lots")
+    client.set_new_token()
+    with pytest.raises(ValidationError):
+        client.full_clean()

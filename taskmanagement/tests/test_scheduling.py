@@ -14,18 +14,20 @@ from taskmanagement.models import TaskRun
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_cronjobs_run_each_stage_every_interval():
+def test_cronjobs_run_each_stage_every_interval_and_purge_daily():
     assert [job[1] for job in settings.CRONJOBS] == [
         "taskmanagement.cron.sync_hr_persons",
         "taskmanagement.cron.create_account_tasks",
         "taskmanagement.cron.process_account_creation_tasks",
+        "taskmanagement.cron.purge_account_requests",
     ]
-    assert {job[0] for job in settings.CRONJOBS} == {f"*/{settings.STAGE_INTERVAL_MINUTES} * * * *"}
+    assert {job[0] for job in settings.CRONJOBS[:3]} == {f"*/{settings.STAGE_INTERVAL_MINUTES} * * * *"}
+    assert settings.CRONJOBS[3][0] == "30 3 * * *"
 
 
 def test_cron_entry_points_complete_a_request_and_record_cron_runs(hr_caller):
     hr_caller.submit(note_example())
-    for _, path in settings.CRONJOBS:
+    for _, path in settings.CRONJOBS[:3]:
         import_string(path)()
     assert AccountCreationRequest.objects.get().status == "completed"
     assert set(TaskRun.objects.values_list("trigger", flat=True)) == {"cron"}
@@ -47,8 +49,9 @@ def fake_crontab(tmp_path, settings, monkeypatch):
 def test_crontab_add_installs_the_three_stages_and_run_executes_one(fake_crontab, hr_caller):
     call_command("crontab", "add", stdout=StringIO())
     lines = [line for line in fake_crontab.read_text().splitlines() if line.strip()]
-    assert len(lines) == 3
-    assert all(line.startswith(f"*/{settings.STAGE_INTERVAL_MINUTES} * * * * ") for line in lines)
+    assert len(lines) == 4
+    assert all(line.startswith(f"*/{settings.STAGE_INTERVAL_MINUTES} * * * * ") for line in lines[:3])
+    assert lines[3].startswith("30 3 * * * ")
     assert all("manage.py crontab run" in line for line in lines)
 
     hr_caller.submit(note_example())
