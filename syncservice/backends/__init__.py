@@ -11,10 +11,14 @@ from .base import HrSourceBackend, TargetBackend
 SYSTEM_SETTINGS = {"idaas": "IDAAS_BACKEND", "welink": "WELINK_BACKEND", "email": "MAILBOX_BACKEND"}
 
 ALIASES = {
-    "idaas": {"local": "syncservice.backends.local.LocalIdaasBackend"},
-    "welink": {"local": "syncservice.backends.local.LocalWelinkBackend"},
-    "email": {"local": "syncservice.backends.local.LocalMailboxBackend"},
-    "hr": {"local": "syncservice.backends.local.LocalHrBackend"},
+    "idaas": {"local": "syncservice.backends.local.LocalIdaasBackend",
+              "scim": "syncservice.backends.scim.ScimIdaasBackend"},
+    "welink": {"local": "syncservice.backends.local.LocalWelinkBackend",
+               "welink": "syncservice.backends.welink.WelinkBackend"},
+    "email": {"local": "syncservice.backends.local.LocalMailboxBackend",
+              "exmail": "syncservice.backends.exmail.ExmailBackend"},
+    "hr": {"local": "syncservice.backends.local.LocalHrBackend",
+           "http": "syncservice.backends.hr_http.HttpHrBackend"},
 }
 
 _instances: dict[tuple[str, str], object] = {}

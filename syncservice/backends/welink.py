@@ -1,0 +1,204 @@
+"""WeLink (open.welink.huaweicloud.com): bulk user sync, asynchronous; poll the status endpoint until opened.
+
+Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment), WELINK_MAX_CALLS_PER_SECOND.
+The user is keyed by corpUserId = employee number. A call either finds the account open (linked), submits it
+(in progress, ``state["submitted"]``), or polls a submitted job until 47109 (created). The external id is
+WeLink's own userId when the lookup reports one, else the corpUserId.
+"""
+
+from django.conf import settings
+
+from .base import Outcome, PersonSnapshot, TargetBackend
+from .http import DEFAULT_RETRY_AFTER_SECONDS, HttpClient, RateLimiter, TargetError, TokenCache, json_object, \
+    log_vendor_answer, national_mobile, parse_retry_after, record_belongs_to
+
+DEFAULT_URL = "https://open.welink.huaweicloud.com"
+TOKEN_PATH = "/api/auth/v2/tickets"
+USERS_PATH = "/api/contact/v1/users"
+BULK_PATH = "/api/contact/v1/users/bulk"
+STATUS_PATH = "/api/contact/v1/users/status"
+
+OK = "0"
+AUTH_CODES = {"47101", "47103", "1000"}          # token malformed, expired, invalid: refresh once
+RATE_LIMITED = "48503"
+TRANSIENT_CODES = {RATE_LIMITED, "500", "43999", "41502", "55004"}   # system errors: worth retrying
+NOT_FOUND_CODES = {"47111", "47012", "43051"}   # account not exist, no data, user not exist
+OPENED = "47109"
+PENDING_CODES = {"47100", "47104", "47108", "47112", "47113"}
+SAVED_NOT_OPENED = "47107"                       # in the directory, no account: a submission opens it
+OPEN_STATUS = "3"
+
+
+def welink_error(body) -> tuple[str, str]:
+    if not isinstance(body, dict):
+        return "", ""
+    return str(body.get("code", "")), str(body.get("message", ""))
+
+
+def welink_mobile(phone: str) -> str:
+    """WeLink wants +<country code>-<number>: +86-13800138001 for a mainland number."""
+    if phone.startswith("+") and "-" in phone:
+        return phone
+    return f"+86-{national_mobile(phone)}"
+
+
+class WelinkBackend(TargetBackend):
+    system = "welink"
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.http = HttpClient(system=self.system, url_setting="WELINK_API_URL", default_url=DEFAULT_URL,
+                               error_fields=welink_error,
+                               limiter=RateLimiter(lambda: settings.WELINK_MAX_CALLS_PER_SECOND))
+        self.tokens = TokenCache(self._fetch_token)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- Transport -------------------------------------------------------------------------------
+
+    def _fetch_token(self) -> tuple[str, float]:
+        response = self.http.request("POST", TOKEN_PATH, json={
+            "client_id": settings.WELINK_CLIENT_ID, "client_secret": settings.WELINK_CLIENT_SECRET,
+        })
+        body = json_object(response, self.system)
+        code = str(body.get("code", OK))
+        if code != OK or not body.get("access_token"):
+            # Wrong credentials are an operator's fix, not the person's fault: retry later, say why.
+            raise TargetError(Outcome.transient(code or f"http_{response.status_code}",
+                                                f"WeLink refused the token request: {body.get('message', '')}"))
+        return str(body["access_token"]), float(body.get("expires_in") or 7200)
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        """One authenticated call; refreshes the token once on an auth code; maps rate limits and system errors."""
+        for attempt in (1, 2):
+            token = self.tokens.get()
+            response = self.http.request(method, path, headers={"x-wlk-Authorization": token}, **kwargs)
+            body = json_object(response, self.system)
+            code = str(body.get("code", OK))
+            auth_failed = code in AUTH_CODES or (response.status_code == 401 and code == OK)
+            if auth_failed:
+                self.tokens.invalidate(token)
+                if attempt == 1:
+                    continue
+                raise TargetError(Outcome.transient(code, str(body.get("message", "token refused twice"))))
+            if code in TRANSIENT_CODES:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if code == RATE_LIMITED and retry_after is None:
+                    retry_after = DEFAULT_RETRY_AFTER_SECONDS
+                raise TargetError(Outcome.transient(code, str(body.get("message", "")), retry_after=retry_after))
+            if response.status_code >= 400 and code == OK:
+                raise TargetError(Outcome.permanent(f"http_{response.status_code}", str(body)[:500]))
+            return body
+        raise AssertionError("unreachable")
+
+    # --- The three operations -------------------------------------------------------------------
+
+    def _lookup(self, person: PersonSnapshot) -> dict | None:
+        body = self._call("GET", USERS_PATH, params={"corpUserId": person.employee_number})
+        code = str(body.get("code", OK))
+        if code in NOT_FOUND_CODES:
+            return None
+        if code != OK:
+            log_vendor_answer(self.system, "lookup", person, code, body.get("message", ""))
+            raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
+        # The record comes as `data` (an object or a one-element list) or at the top level.
+        data = body.get("data")
+        candidates = data if isinstance(data, list) else [data] if isinstance(data, dict) else [body]
+        for record in candidates:
+            if isinstance(record, dict) and str(record.get("corpUserId", "")) == person.employee_number:
+                return record
+        return None
+
+    def _poll(self, person: PersonSnapshot) -> tuple[str, str]:
+        body = self._call("POST", STATUS_PATH, json={"personInfo": [{"corpUserId": person.employee_number}]})
+        code = str(body.get("code", OK))
+        if code != OK:
+            log_vendor_answer(self.system, "status", person, code, body.get("message", ""))
+            raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
+        return self._entry(body, person, default=("47111", "no status for this corpUserId"))
+
+    def _submit(self, person: PersonSnapshot, state: dict) -> Outcome:
+        info = {
+            "corpUserId": person.employee_number,
+            "userNameCn": person.full_name,
+            "mobileNumber": welink_mobile(person.phone_number),
+            "corpDeptCode": person.department_code,
+            "userEmail": person.email,
+            "isOpenAccount": "1",
+            "valid": "1",
+        }
+        try:
+            body = self._call("POST", BULK_PATH, json={"personInfo": [info]})
+        except TargetError as e:
+            # The job may have been accepted even though no answer came back: poll before submitting again.
+            raise e.with_state({**state, "submit_sent": True}) from e
+        code = str(body.get("code", OK))
+        if code != OK:
+            log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
+            return Outcome.permanent(code, str(body.get("message", "")))
+        entry_code, message = self._entry(body, person, default=("47100", "accepted"))
+        return self._job_outcome(person, state, entry_code, message)
+
+    @staticmethod
+    def _entry(body: dict, person: PersonSnapshot, default: tuple[str, str]) -> tuple[str, str]:
+        for entry in body.get("data") or []:
+            if isinstance(entry, dict) and str(entry.get("corpUserId", "")) == person.employee_number:
+                return str(entry.get("code", "")), str(entry.get("message", "")).strip()
+        return default
+
+    def _job_outcome(self, person: PersonSnapshot, state: dict, code: str, message: str,
+                     *, ours: bool = True) -> Outcome | None:
+        """What a per-user job code means; None when there is no job (47111: submit it)."""
+        if code == OPENED:
+            record = self._lookup(person)
+            external_id = str((record or {}).get("userId") or person.employee_number)
+            return Outcome.created(external_id, code=code, message=message) if ours else \
+                Outcome.linked(external_id, code=code, message=message)
+        if code in PENDING_CODES or code == OK:
+            return Outcome.in_progress(code=code, message=message, state={**state, "submitted": True})
+        if code in NOT_FOUND_CODES:
+            return None
+        # 47110 (opening failed) and 47120 (login mobile already registered) are documented failures; an
+        # undocumented code is not retried blindly either: the operator sees it verbatim.
+        log_vendor_answer(self.system, "job", person, code, message)
+        return Outcome.permanent(code, message)
+
+    # --- The contract -----------------------------------------------------------------------------
+
+    def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
+        if not person.employee_number:
+            return Outcome.permanent("invalid_person", "the person has no employee number (the corpUserId)")
+        try:
+            return self._ensure(person, state)
+        except TargetError as e:
+            return e.outcome
+
+    def _ensure(self, person: PersonSnapshot, state: dict) -> Outcome:
+        if state.get("submitted") or state.get("submit_sent"):
+            code, message = self._poll(person)
+            # The job is ours even when the answer to the submission was lost: 47109 means we created it.
+            outcome = self._job_outcome(person, state, code, message)
+            if outcome is not None:
+                return outcome
+            # No job at WeLink: the submission never arrived. Start over from the lookup.
+            state = {k: v for k, v in state.items() if k not in ("submitted", "submit_sent")}
+        record = self._lookup(person)
+        if record is not None:
+            # corpUserId matched by construction: only the person's own attributes tell whose it is.
+            if not record_belongs_to(person, emails=[record.get("userEmail", "")],
+                                     mobiles=[record.get("mobileNumber", "")],
+                                     names=[record.get("userNameCn", "")]):
+                return Outcome.permanent(
+                    "conflict", f"WeLink user {person.employee_number} belongs to someone else "
+                                f"({record.get('userNameCn', '')})")
+            if str(record.get("userStatus", "")) == OPEN_STATUS:
+                return Outcome.linked(str(record.get("userId") or person.employee_number),
+                                      message="the account was open already")
+            # Saved but not open: a job of ours whose answer was lost may be running. Ask before submitting.
+            code, message = self._poll(person)
+            if code != SAVED_NOT_OPENED:
+                outcome = self._job_outcome(person, state, code, message, ours=False)
+                if outcome is not None:
+                    return outcome
+        return self._submit(person, state)

@@ -1,0 +1,137 @@
+"""A Tencent Exmail API simulator: gettoken with expiring tokens, user/get and user/create, errcodes, limits.
+
+Endpoints: GET /cgi-bin/gettoken?corpid&corpsecret, GET /cgi-bin/user/get?access_token&userid,
+POST /cgi-bin/user/create?access_token. Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
+"""
+
+import re
+
+from .base import CallRateLimit, Request, Response, SimulatorApp, TokenIssuer, run_cli, start_server
+from .base import stop as stop_server
+
+_address_re = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_mobile_re = re.compile(r"^1\d{10}$")
+USER_FIELDS = ("userid", "name", "department", "position", "mobile", "tel", "extid", "gender", "slaves",
+               "cpwd_login", "enable")
+
+
+def _answer(errcode: int, errmsg: str, **fields) -> Response:
+    return Response(200, {"errcode": errcode, "errmsg": errmsg, **fields})
+
+
+class ExmailSimulator(SimulatorApp):
+    def __init__(self, *, corp_id: str = "exmail-corp", corp_secret: str = "exmail-secret",
+                 token_lifetime: float = 7200, announced_expires_in: float | None = None,
+                 departments=(1,), rate_limit_per_second: int = 0):
+        super().__init__()
+        self.corp_id = corp_id
+        self.corp_secret = corp_secret
+        self.tokens = TokenIssuer(token_lifetime, announced_expires_in)
+        self.departments = set(departments)
+        self.rate_limit = CallRateLimit(rate_limit_per_second)
+        self.users: dict[str, dict] = {}     # lower-cased address → user
+        self.created: dict[str, int] = {}    # lower-cased address → user/create calls that created it
+
+    # --- Test controls ---------------------------------------------------------------------------
+
+    def add_user(self, userid: str, *, name: str, mobile: str = "", extid: str = "", department=(1,)) -> dict:
+        """A mailbox that exists before the service calls (someone else's, or ours from an earlier run)."""
+        user = {"userid": userid, "name": name, "department": list(department), "position": "",
+                "mobile": mobile, "tel": "", "extid": extid, "gender": "0", "slaves": [], "cpwd_login": 1,
+                "enable": 1}
+        with self.lock:
+            self.users[userid.lower()] = user
+        return user
+
+    def expire_tokens(self) -> None:
+        self.tokens.expire_all()
+
+    # --- The API ----------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        if request.path == "/cgi-bin/gettoken" and request.method == "GET":
+            return self._gettoken(request)
+        routes = {("GET", "/cgi-bin/user/get"): self._get, ("POST", "/cgi-bin/user/create"): self._create}
+        route = routes.get((request.method, request.path))
+        if route is None:
+            return Response(404, {"errcode": 404, "errmsg": "not found"})
+        token = request.query.get("access_token", "")
+        if not token:
+            return _answer(41001, "access_token missing")
+        verdict, client = self.tokens.check(token)
+        if verdict == "unknown":
+            return _answer(40014, "invalid access_token")
+        if verdict == "expired":
+            return _answer(42001, "access_token expired")
+        if not self.rate_limit.allow(client):
+            return _answer(45009, "api freq out of limit")
+        with self.lock:
+            return route(request)
+
+    def _gettoken(self, request: Request) -> Response:
+        if request.query.get("corpid") != self.corp_id:
+            return _answer(40013, "invalid corpid")
+        if request.query.get("corpsecret") != self.corp_secret:
+            return _answer(40001, "invalid credential")
+        token, expires_in = self.tokens.issue(self.corp_id)
+        return _answer(0, "ok", access_token=token, expires_in=expires_in)
+
+    def _get(self, request: Request) -> Response:
+        user = self.users.get(request.query.get("userid", "").lower())
+        if user is None:
+            return _answer(60111, "userid not found")
+        return _answer(0, "ok", **{k: user[k] for k in USER_FIELDS})
+
+    def _create(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            return _answer(40058, "invalid json")
+        userid = str(body.get("userid") or "")
+        if not _address_re.match(userid):
+            return _answer(60103, "invalid userid")
+        if not str(body.get("name") or "").strip():
+            return _answer(60112, "invalid name")
+        department = body.get("department")
+        if not isinstance(department, list) or not department or any(d not in self.departments for d in department):
+            return _answer(60003, "department not found")
+        if not self._strong(str(body.get("password") or "")):
+            return _answer(40058, "invalid password: 8-32 characters with letters and digits")
+        mobile = str(body.get("mobile") or "")
+        if mobile and not _mobile_re.match(mobile):
+            return _answer(60103, "invalid mobile")
+        if userid.lower() in self.users:
+            return _answer(60102, "userid existed")
+        if mobile and any(u["mobile"] == mobile for u in self.users.values()):
+            return _answer(60104, "mobile existed")
+        self.add_user(userid, name=body["name"], mobile=mobile, extid=str(body.get("extid") or ""),
+                      department=department)
+        self.users[userid.lower()]["cpwd_login"] = int(body.get("cpwd_login", 0))
+        self.created[userid.lower()] = self.created.get(userid.lower(), 0) + 1
+        return _answer(0, "created")
+
+    @staticmethod
+    def _strong(password: str) -> bool:
+        return (8 <= len(password) <= 32 and any(c.isalpha() for c in password)
+                and any(c.isdigit() for c in password))
+
+
+def start(port: int = 0, **options) -> tuple:
+    """Start an Exmail simulator on loopback; return (server, base_url). `server.app` is the simulator."""
+    return start_server(ExmailSimulator(**options), port)
+
+
+stop = stop_server
+
+
+def _arguments(parser) -> None:
+    parser.add_argument("--corp-id", default="exmail-corp")
+    parser.add_argument("--corp-secret", default="exmail-secret")
+    parser.add_argument("--token-lifetime", type=float, default=7200, help="Seconds a token is valid.")
+    parser.add_argument("--rate-limit", type=int, default=0, help="Calls per second (0: none).")
+
+
+if __name__ == "__main__":
+    run_cli("exmail-simulator", "Serve a Tencent Exmail API simulator on loopback.",
+            lambda a: ExmailSimulator(corp_id=a.corp_id, corp_secret=a.corp_secret,
+                                      token_lifetime=a.token_lifetime, rate_limit_per_second=a.rate_limit),
+            _arguments)

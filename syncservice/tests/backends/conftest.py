@@ -1,0 +1,170 @@
+"""Fixtures: the simulators and a real scim2-server on loopback, and settings pointing the backends at them."""
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from syncservice.backends import reset_backends
+from syncservice.backends.base import PersonSnapshot
+from syncservice.simulators import exmail, hr, proxy, welink
+
+SCIM_TOKEN = "scim-test-token"
+WELINK_SECRET = "welink-secret-value"
+EXMAIL_SECRET = "exmail-secret-value"
+HR_TOKEN = "hr-token-value"
+
+_numbers = itertools.count(1)
+_run = os.urandom(3).hex()  # the SCIM server lives for the session: keep userNames unique across tests
+
+
+def make_person(**overrides) -> PersonSnapshot:
+    n = next(_numbers)
+    fields = {
+        "person_pk": n, "person_id": 100_000 + n, "employee_number": f"E{_run}{n:04d}",
+        "full_name": "张三", "email": f"zhangsan{_run}{n}@example.com", "phone_number": f"138{n:08d}",
+        "department_code": "D001", "person_type": "供应商",
+    }
+    fields.update(overrides)
+    return PersonSnapshot(**fields)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def backend_settings(settings):
+    """Test settings for the HTTP backends; backends are rebuilt before and after the test."""
+    settings.TARGET_HTTP_TIMEOUT_SECONDS = 2.0
+    settings.TASK_RETRY_BASE_SECONDS = 0
+    settings.TASK_ASYNC_POLL_SECONDS = 0
+    settings.TASK_MAX_ATTEMPTS = 8
+    settings.WELINK_MAX_CALLS_PER_SECOND = 0
+    settings.HR_HTTP_RETRIES = 0
+    reset_backends()
+    yield settings
+    reset_backends()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def welink_sim(backend_settings):
+    server, url = welink.start(client_secret=WELINK_SECRET, polls_before_open=2)
+    backend_settings.WELINK_BACKEND = "welink"
+    backend_settings.WELINK_API_URL = url
+    backend_settings.WELINK_CLIENT_ID = "welink-client"
+    backend_settings.WELINK_CLIENT_SECRET = WELINK_SECRET
+    yield server.app
+    welink.stop(server)
+
+
+@pytest.fixture
+def exmail_sim(backend_settings):
+    server, url = exmail.start(corp_secret=EXMAIL_SECRET)
+    backend_settings.MAILBOX_BACKEND = "exmail"
+    backend_settings.EXMAIL_API_URL = url
+    backend_settings.EXMAIL_CORP_ID = "exmail-corp"
+    backend_settings.EXMAIL_CORP_SECRET = EXMAIL_SECRET
+    backend_settings.EXMAIL_DEPARTMENT_ID = "1"
+    yield server.app
+    exmail.stop(server)
+
+
+@pytest.fixture
+def hr_sim(backend_settings):
+    server, url = hr.start(token=HR_TOKEN)
+    backend_settings.HR_BACKEND = "http"
+    backend_settings.HR_API_URL = url
+    backend_settings.HR_API_TOKEN = HR_TOKEN
+    yield server.app
+    hr.stop(server)
+
+
+def _scim2_server_command() -> str:
+    found = shutil.which("scim2-server", path=str(Path(sys.executable).parent)) or shutil.which("scim2-server")
+    if found is None:
+        pytest.fail("scim2-server is not installed: pip install -r requirements-dev.txt")
+    return found
+
+
+@pytest.fixture(scope="session")
+def scim_server_url():
+    """A real scim2-server (from PyPI) in a subprocess on a free loopback port, for the whole session."""
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([_scim2_server_command(), "--port", str(port), "--bearer-token", SCIM_TOKEN],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if requests.get(f"{url}/ServiceProviderConfig", timeout=1,
+                            headers={"Authorization": f"Bearer {SCIM_TOKEN}"}).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.seek(0)
+            pytest.fail(f"scim2-server did not start: {log.read().decode(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+class Scim:
+    """The SCIM server as the test sees it: `proxy` (fault switches, call counts) and direct access."""
+
+    def __init__(self, url: str, proxy_app):
+        self.url = url
+        self.proxy = proxy_app
+        self.headers = {"Authorization": f"Bearer {SCIM_TOKEN}", "Content-Type": "application/scim+json"}
+
+    def create_user(self, **user) -> dict:
+        body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], **user}
+        response = requests.post(f"{self.url}/Users", json=body, headers=self.headers, timeout=5)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def users_named(self, user_name: str) -> list[dict]:
+        response = requests.get(f"{self.url}/Users", params={"filter": f'userName eq "{user_name}"'},
+                                headers=self.headers, timeout=5)
+        assert response.status_code == 200, response.text
+        return response.json().get("Resources", [])
+
+    def get_user(self, user_id: str) -> dict:
+        response = requests.get(f"{self.url}/Users/{user_id}", headers=self.headers, timeout=5)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+def scim(backend_settings, scim_server_url):
+    """The IDaaS backend pointed at scim2-server through a fault-injecting proxy."""
+    server, url = proxy.start(upstream=scim_server_url)
+    backend_settings.IDAAS_BACKEND = "scim"
+    backend_settings.IDAAS_SCIM_URL = url
+    backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
+    yield Scim(scim_server_url, server.app)
+    proxy.stop(server)

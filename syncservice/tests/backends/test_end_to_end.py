@@ -1,0 +1,147 @@
+"""The real pipeline stages against the simulators and scim2-server: every account ends created exactly once."""
+
+import datetime as dt
+import logging
+import time
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from syncservice.models import Account, AccountCreationRequest, AccountCreationTask, HrPerson, TaskAttempt
+from syncservice.simulators.welink import BULK_PATH, STATUS_PATH, USERS_PATH
+from syncservice.tests.fixtures import make_users, note_example
+
+from .conftest import EXMAIL_SECRET, HR_TOKEN, SCIM_TOKEN, WELINK_SECRET
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_stages(deadline_seconds: float = 60) -> None:
+    """sync → tasks → process, then process again until no task is open (retries wait out Retry-After)."""
+    for name in ("sync_hr_persons", "create_account_tasks"):
+        call_command(name, stdout=StringIO())
+    deadline = time.monotonic() + deadline_seconds
+    while AccountCreationTask.objects.filter(status__in=AccountCreationTask.OPEN_STATUSES).exists():
+        assert time.monotonic() < deadline, list(AccountCreationTask.objects.values_list(
+            "person__employee_number", "system", "status", "last_error_code", "last_error"))
+        call_command("process_account_creation_tasks", stdout=StringIO())
+        time.sleep(0.05)
+
+
+def submit(caller, users: list[dict], systems: list[str], key: str = "E2E-1") -> AccountCreationRequest:
+    response = caller.submit(note_example(businessKey=key, systemList=systems, userList=users))
+    assert response.status_code == 202, response.content
+    return AccountCreationRequest.objects.get(request_id=response.json()["requestId"])
+
+
+def accounts(system: str) -> dict[str, Account]:
+    return {a.person.employee_number: a for a in Account.objects.filter(system=system).select_related("person")}
+
+
+def attempt_codes(system: str) -> set[str]:
+    return set(TaskAttempt.objects.filter(task__system=system).values_list("code", flat=True))
+
+
+def test_welink_accounts_are_opened_exactly_once_through_faults(hr_caller, welink_sim):
+    users = make_users(12, prefix="WL")
+    users[5]["phoneNumber"] = "13700000055"
+    welink_sim.add_user("SOMEONE-ELSE", name="赵六", mobile="+86-13700000055")
+    welink_sim.tokens.lifetime = 0.5                # tickets die while the client trusts them (7200 s)
+    welink_sim.tokens.announced_expires_in = 7200
+    welink_sim.rate_limit.limit = 20                # the client-side limit is off: 48503 will happen
+    welink_sim.faults.fail(3, status=503, path=USERS_PATH)
+    welink_sim.faults.drop(2, path=BULK_PATH)       # accepted, answer lost
+    welink_sim.faults.drop(1, path=STATUS_PATH)
+    request = submit(hr_caller, users, ["welink"])
+
+    run_stages()
+
+    request.refresh_from_db()
+    assert request.status == "partial_failed"
+    opened = accounts("welink")
+    failed = opened.pop("WL000005")
+    assert failed.status == "failed"
+    assert "47120" in failed.error_message
+    for number, account in opened.items():
+        assert account.status == "created", (number, account.error_message)
+        assert account.external_id == welink_sim.users[number]["userId"]
+        assert welink_sim.opened[number] == 1
+        assert welink_sim.submissions[number] == 1, number   # a lost answer is polled, not resubmitted
+    assert {"47100", "47109", "http_503", "connection_error"} <= attempt_codes("welink")
+    assert welink_sim.tokens.issued >= 2
+
+
+def test_exmail_mailboxes_are_created_exactly_once_through_faults(hr_caller, exmail_sim):
+    users = make_users(10, prefix="EM")
+    exmail_sim.tokens.lifetime = 0.3
+    exmail_sim.tokens.announced_expires_in = 7200
+    exmail_sim.rate_limit.limit = 12
+    exmail_sim.faults.fail(2, status=502, path="/cgi-bin/user/create")
+    exmail_sim.faults.drop(2, path="/cgi-bin/user/create")
+    request = submit(hr_caller, users, ["email"])
+
+    run_stages()
+
+    request.refresh_from_db()
+    assert request.status == "completed"
+    mailboxes = accounts("email")
+    assert len(mailboxes) == 10
+    for number, account in mailboxes.items():
+        assert account.status == "created", (number, account.error_message)
+        assert account.external_id == account.person.email
+        assert exmail_sim.created[account.person.email.lower()] == 1
+        assert exmail_sim.users[account.person.email.lower()]["extid"] == number
+    assert len(exmail_sim.created) == 10
+    assert {"http_502", "connection_error"} <= attempt_codes("email")
+
+
+def test_idaas_users_are_created_exactly_once_on_a_real_scim_server(hr_caller, scim):
+    users = make_users(10, prefix=f"SC{time.time_ns() % 10**8}-")
+    scim.proxy.faults.fail(2, status=503, method="POST", path="/Users")
+    scim.proxy.faults.fail(1, status=429, method="GET", path="/Users", retry_after=1)
+    scim.proxy.faults.drop(2, method="POST", path="/Users")
+    request = submit(hr_caller, users, ["idaas"])
+
+    run_stages()
+
+    request.refresh_from_db()
+    assert request.status == "completed"
+    for number, account in accounts("idaas").items():
+        assert account.status == "created", (number, account.error_message)
+        found = scim.users_named(number)
+        assert [u["id"] for u in found] == [account.external_id]
+    assert {"http_503", "http_429", "connection_error"} <= attempt_codes("idaas")
+
+
+def test_hr_persons_get_accounts_in_all_three_real_systems_and_logs_stay_clean(
+        hr_sim, welink_sim, exmail_sim, scim, backend_settings, caplog):
+    caplog.set_level(logging.DEBUG)
+    backend_settings.HR_DEFAULT_SYSTEMS = ["idaas", "welink", "email"]
+    stamp = time.time_ns() % 10**8
+    phones = [f"1360000{i:04d}" for i in range(6)]
+    for i, phone in enumerate(phones):
+        hr_sim.upsert_person(person_id=5000 + i, employee_number=f"HRE{stamp}-{i}", full_name=f"欧阳娜{i}",
+                             telephone_number1=phone,
+                             last_update_date=dt.datetime(2025, 4, 1, tzinfo=dt.timezone.utc) + dt.timedelta(i))
+    exmail_sim.expire_tokens()
+    welink_sim.faults.fail(1, status=500, path=BULK_PATH)
+
+    run_stages()
+
+    persons = HrPerson.objects.filter(created_by="hr_sync")
+    assert persons.count() == 6
+    for person in persons:
+        by_system = {a.system: a for a in person.accounts.all()}
+        assert {a.status for a in by_system.values()} == {"created"}
+        assert by_system["email"].external_id == person.email
+        assert by_system["welink"].external_id == welink_sim.users[person.employee_number]["userId"]
+        assert [u["id"] for u in scim.users_named(person.employee_number)] == [by_system["idaas"].external_id]
+    secrets = [WELINK_SECRET, EXMAIL_SECRET, SCIM_TOKEN, HR_TOKEN, *list(welink_sim.tokens._tokens),
+               *list(exmail_sim.tokens._tokens), *phones]
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("/cgi-bin/user/create" in line for line in lines)   # the calls were logged, ours…
+    assert any(r.name.startswith("urllib3") and "access_token" not in r.getMessage() and "?…" in r.getMessage()
+               for r in caplog.records)                            # …and urllib3's, query strings cut…
+    leaks = [(s, line) for line in lines for s in secrets if s in line]
+    assert leaks == []                                                # …without a secret, token or phone

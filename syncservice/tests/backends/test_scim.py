@@ -1,0 +1,161 @@
+"""The SCIM IDaaS backend against a real scim2-server, through a fault-injecting proxy on loopback."""
+
+import threading
+import time
+
+import pytest
+
+from syncservice.backends import get_backend
+from syncservice.backends.base import OutcomeKind
+
+from .conftest import make_person
+
+
+def test_new_user_is_created_with_the_scim_id_as_external_id(scim):
+    person = make_person(full_name="李四", phone_number="13800138001")
+
+    outcome = get_backend("idaas").ensure_account(person, {})
+
+    assert outcome.kind == OutcomeKind.CREATED
+    user = scim.get_user(outcome.external_id)
+    assert user["userName"] == person.employee_number
+    assert user["externalId"] == person.employee_number
+    assert user["name"]["formatted"] == "李四"
+    assert user["displayName"] == "李四"
+    assert user["active"] is True
+    assert user["emails"] == [{"value": person.email, "type": "work", "primary": True}]
+    assert user["phoneNumbers"] == [{"value": "13800138001", "type": "mobile"}]
+
+
+def test_existing_user_of_the_same_person_is_linked_without_creating(scim):
+    person = make_person()
+    existing = scim.create_user(userName=person.employee_number, externalId=person.employee_number,
+                                emails=[{"value": person.email}])
+
+    outcome = get_backend("idaas").ensure_account(person, {})
+
+    assert outcome.kind == OutcomeKind.LINKED
+    assert outcome.external_id == existing["id"]
+    assert scim.proxy.calls_to("/Users", "POST") == 0
+
+
+def test_user_of_someone_else_with_the_same_user_name_is_a_permanent_conflict(scim):
+    person = make_person()
+    scim.create_user(userName=person.employee_number, externalId="HR-OTHER-7",
+                     emails=[{"value": "other@example.com"}], phoneNumbers=[{"value": "13999999999"}])
+
+    outcome = get_backend("idaas").ensure_account(person, {})
+
+    assert outcome.kind == OutcomeKind.PERMANENT
+    assert outcome.code == "uniqueness"
+    assert "HR-OTHER-7" in outcome.message
+    assert len(scim.users_named(person.employee_number)) == 1
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_409_uniqueness_is_resolved_by_a_lookup(scim, ours):
+    """The user appears between our lookup and our create: the server answers 409 scimType uniqueness."""
+    person = make_person()
+    scim.proxy.faults.delay(0.5, method="POST", path="/Users")
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(
+        outcome=get_backend("idaas").ensure_account(person, {})))
+    caller.start()
+    deadline = time.monotonic() + 5
+    while scim.proxy.calls_to("/Users", "POST") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    existing = scim.create_user(userName=person.employee_number,
+                                externalId=person.employee_number if ours else "SOMEONE-ELSE")
+    caller.join()
+
+    outcome = result["outcome"]
+    if ours:
+        assert outcome.kind == OutcomeKind.LINKED
+        assert outcome.external_id == existing["id"]
+        assert "already in use" in outcome.message   # scim2-server's 409 detail, verbatim
+    else:
+        assert outcome.kind == OutcomeKind.PERMANENT
+        assert outcome.code == "uniqueness"
+    assert len(scim.users_named(person.employee_number)) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_error_is_transient_and_the_next_call_creates(scim, status):
+    person = make_person()
+    scim.proxy.faults.fail(1, status=status, method="POST", path="/Users")
+    backend = get_backend("idaas")
+
+    failed = backend.ensure_account(person, {})
+    again = backend.ensure_account(person, {})
+
+    assert failed.kind == OutcomeKind.TRANSIENT
+    assert failed.code == f"http_{status}"
+    assert again.kind == OutcomeKind.CREATED
+
+
+def test_429_is_transient_and_honours_retry_after(scim):
+    scim.proxy.faults.fail(1, status=429, path="/Users", retry_after=7,
+                           body={"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": "429",
+                                 "detail": "too many requests"})
+
+    outcome = get_backend("idaas").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.retry_after == 7
+    assert outcome.message == "too many requests"
+
+
+def test_timeout_is_transient(scim, backend_settings):
+    backend_settings.TARGET_HTTP_TIMEOUT_SECONDS = 0.3
+    scim.proxy.faults.delay(1.0, method="GET", path="/Users")
+
+    outcome = get_backend("idaas").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "timeout"
+
+
+def test_connection_refused_is_transient(scim, backend_settings, closed_port_url):
+    backend_settings.IDAAS_SCIM_URL = closed_port_url
+
+    outcome = get_backend("idaas").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "connection_error"
+
+
+def test_create_whose_answer_was_lost_is_linked_on_the_next_call(scim):
+    person = make_person()
+    scim.proxy.faults.drop(1, method="POST", path="/Users")
+    backend = get_backend("idaas")
+
+    lost = backend.ensure_account(person, {})
+    again = backend.ensure_account(person, {})
+
+    assert lost.kind == OutcomeKind.TRANSIENT
+    assert again.kind == OutcomeKind.LINKED
+    users = scim.users_named(person.employee_number)
+    assert [u["id"] for u in users] == [again.external_id]
+    assert scim.proxy.calls_to("/Users", "POST") == 1
+
+
+def test_rejected_bearer_token_is_transient_with_the_servers_detail(scim, backend_settings):
+    backend_settings.IDAAS_SCIM_TOKEN = "wrong-token"
+
+    outcome = get_backend("idaas").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "http_401"
+    assert "Authorization" in outcome.message
+    assert "wrong-token" not in outcome.message
+
+
+def test_user_name_with_quotes_is_escaped_in_the_filter(scim):
+    person = make_person(employee_number='E"1\\2')
+
+    first = get_backend("idaas").ensure_account(person, {})
+    second = get_backend("idaas").ensure_account(person, {})
+
+    assert first.kind == OutcomeKind.CREATED
+    assert second.kind == OutcomeKind.LINKED
+    assert second.external_id == first.external_id

@@ -1,0 +1,255 @@
+"""The WeLink backend against the WeLink simulator over loopback."""
+
+import threading
+
+import pytest
+
+from syncservice.backends import get_backend
+from syncservice.backends.base import OutcomeKind
+from syncservice.simulators.welink import BULK_PATH, STATUS_PATH, TOKEN_PATH, USERS_PATH
+
+from .conftest import make_person
+
+
+def drive(backend, person, state=None, max_calls=10):
+    """Call ensure_account the way the process stage does, feeding the state back, until it is final."""
+    state = dict(state or {})
+    outcomes = []
+    for _ in range(max_calls):
+        outcome = backend.ensure_account(person, state)
+        outcomes.append(outcome)
+        if outcome.state is not None:
+            state = outcome.state
+        if outcome.kind not in (OutcomeKind.IN_PROGRESS, OutcomeKind.TRANSIENT):
+            break
+    return outcomes
+
+
+def test_new_person_is_submitted_then_polled_until_opened(welink_sim):
+    person = make_person(full_name="李四", phone_number="13800138001", department_code="D042")
+    backend = get_backend("welink")
+
+    outcomes = drive(backend, person)
+
+    assert [o.kind for o in outcomes] == ["in_progress", "in_progress", "in_progress", "created"]
+    assert [o.code for o in outcomes] == ["47100", "47100", "47108", "47109"]
+    assert outcomes[0].state["submitted"] is True
+    record = welink_sim.users[person.employee_number]
+    assert outcomes[-1].external_id == record["userId"] != ""
+    assert record["userStatus"] == "3"
+    assert record["mobileNumber"] == "+86-13800138001"
+    assert record["userNameCn"] == "李四"
+    assert record["corpDeptCode"] == "D042"
+    assert record["userEmail"] == person.email
+    assert welink_sim.submissions[person.employee_number] == 1
+    assert welink_sim.opened[person.employee_number] == 1
+
+
+def test_open_account_of_the_same_person_is_linked_without_submitting(welink_sim):
+    person = make_person()
+    existing = welink_sim.add_user(person.employee_number, name=person.full_name,
+                                   mobile=f"+86-{person.phone_number}")
+
+    outcome = get_backend("welink").ensure_account(person, {})
+
+    assert outcome.kind == OutcomeKind.LINKED
+    assert outcome.external_id == existing["userId"]
+    assert welink_sim.calls_to(BULK_PATH) == 0
+
+
+def test_account_of_someone_else_under_the_same_corp_user_id_is_a_permanent_conflict(welink_sim):
+    person = make_person()
+    welink_sim.add_user(person.employee_number, name="王五", mobile="+86-13999999999",
+                        email="wangwu@example.com")
+
+    outcome = get_backend("welink").ensure_account(person, {})
+
+    assert outcome.kind == OutcomeKind.PERMANENT
+    assert outcome.code == "conflict"
+    assert welink_sim.calls_to(BULK_PATH) == 0
+    assert welink_sim.users[person.employee_number]["userNameCn"] == "王五"
+
+
+def test_mobile_registered_to_another_user_fails_for_good_with_47120(welink_sim):
+    person = make_person(phone_number="13700000001")
+    welink_sim.add_user("SOMEONE-ELSE", name="赵六", mobile="+86-13700000001")
+
+    outcomes = drive(get_backend("welink"), person)
+
+    assert outcomes[-1].kind == OutcomeKind.PERMANENT
+    assert outcomes[-1].code == "47120"
+    assert "registered" in outcomes[-1].message
+    assert person.employee_number not in welink_sim.opened
+
+
+def test_job_failing_with_47110_fails_for_good(welink_sim):
+    person = make_person()
+    welink_sim.fail_job(person.employee_number)
+
+    outcomes = drive(get_backend("welink"), person)
+
+    assert outcomes[-1].kind == OutcomeKind.PERMANENT
+    assert outcomes[-1].code == "47110"
+    assert outcomes[-1].message == "Failed to get the company email suffix information."
+
+
+def test_expired_token_mid_run_is_refreshed_once_and_the_call_succeeds(welink_sim):
+    backend = get_backend("welink")
+    first = make_person()
+    assert backend.ensure_account(first, {}).kind == OutcomeKind.IN_PROGRESS
+    welink_sim.expire_tokens()   # the cached token dies while the client still trusts it
+
+    outcome = backend.ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.IN_PROGRESS
+    assert welink_sim.tokens.issued == 2
+    assert welink_sim.calls_to(TOKEN_PATH) == 2
+
+
+def test_token_whose_lifetime_runs_out_is_refreshed(welink_sim):
+    welink_sim.tokens.lifetime = 0.3
+    welink_sim.tokens.announced_expires_in = 7200
+    backend = get_backend("welink")
+    backend.ensure_account(make_person(), {})
+    threading.Event().wait(0.4)
+
+    outcome = backend.ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.IN_PROGRESS
+    assert welink_sim.tokens.issued == 2
+
+
+def test_token_refused_again_after_refresh_is_transient_not_a_loop(welink_sim):
+    welink_sim.tokens.lifetime = 0   # every ticket is dead on arrival
+
+    outcome = get_backend("welink").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "47103"
+    assert welink_sim.tokens.issued == 2
+
+
+def test_wrong_client_secret_is_transient_and_names_the_vendor_code(welink_sim, backend_settings):
+    backend_settings.WELINK_CLIENT_SECRET = "not-the-secret"
+
+    outcome = get_backend("welink").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "411007"
+    assert "not-the-secret" not in outcome.message
+
+
+@pytest.mark.parametrize("http_status", [200, 429])
+def test_rate_limit_48503_is_transient_with_retry_after(welink_sim, http_status):
+    welink_sim.rate_limit.limit = 2
+    welink_sim.rate_limit_status = http_status
+    backend = get_backend("welink")
+    person = make_person()
+
+    outcome = backend.ensure_account(person, {})   # lookup and bulk use the two calls of this second
+
+    outcome = backend.ensure_account(person, outcome.state)
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "48503"
+    assert outcome.retry_after == 1.0
+    assert welink_sim.rate_limit.refused == 1
+
+
+def test_client_side_limit_keeps_one_worker_under_the_vendor_limit(welink_sim, backend_settings):
+    welink_sim.rate_limit.limit = 6
+    backend_settings.WELINK_MAX_CALLS_PER_SECOND = 4
+    backend = get_backend("welink")
+    person = make_person()
+
+    outcomes = [backend.ensure_account(person, {"submitted": True}) for _ in range(6)]
+
+    assert all(o.kind == OutcomeKind.IN_PROGRESS or o.succeeded for o in outcomes), outcomes
+    assert welink_sim.rate_limit.refused == 0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_error_is_transient(welink_sim, status):
+    welink_sim.faults.fail(1, status=status, path=USERS_PATH, body=b"<html>gateway error</html>")
+
+    outcome = get_backend("welink").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == f"http_{status}"
+    assert "gateway error" in outcome.message
+
+
+def test_timeout_is_transient(welink_sim, backend_settings):
+    backend_settings.TARGET_HTTP_TIMEOUT_SECONDS = 0.3
+    welink_sim.faults.delay(1.0, path=USERS_PATH)
+
+    outcome = get_backend("welink").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "timeout"
+
+
+def test_connection_refused_is_transient(welink_sim, backend_settings, closed_port_url):
+    backend_settings.WELINK_API_URL = closed_port_url
+
+    outcome = get_backend("welink").ensure_account(make_person(), {})
+
+    assert outcome.kind == OutcomeKind.TRANSIENT
+    assert outcome.code == "connection_error"
+
+
+def test_submission_whose_answer_was_lost_is_polled_not_submitted_again(welink_sim):
+    person = make_person()
+    welink_sim.faults.drop(1, path=BULK_PATH)
+    backend = get_backend("welink")
+
+    lost = backend.ensure_account(person, {})
+    assert lost.kind == OutcomeKind.TRANSIENT
+    assert lost.state == {"submit_sent": True}
+
+    outcomes = drive(backend, person, lost.state)
+
+    assert outcomes[0].kind == OutcomeKind.IN_PROGRESS
+    assert outcomes[-1].kind == OutcomeKind.CREATED   # the job that opened it was ours
+    assert outcomes[-1].external_id == welink_sim.users[person.employee_number]["userId"]
+    assert welink_sim.submissions[person.employee_number] == 1
+    assert welink_sim.opened[person.employee_number] == 1
+
+
+def test_lost_answer_without_saved_state_is_found_by_the_lookup(welink_sim):
+    """A worker killed after submitting kept no state: the lookup finds the job and it is polled."""
+    person = make_person()
+    welink_sim.faults.drop(1, path=BULK_PATH)
+    backend = get_backend("welink")
+    backend.ensure_account(person, {})
+
+    outcomes = drive(backend, person, {})
+
+    assert outcomes[0].kind == OutcomeKind.IN_PROGRESS
+    assert outcomes[-1].succeeded
+    assert welink_sim.submissions[person.employee_number] == 1
+
+
+def test_job_unknown_to_welink_is_submitted_again(welink_sim):
+    person = make_person()
+
+    outcome = get_backend("welink").ensure_account(person, {"submitted": True})
+
+    assert outcome.kind == OutcomeKind.IN_PROGRESS
+    assert outcome.state["submitted"] is True
+    assert welink_sim.calls_to(STATUS_PATH) == 1
+    assert welink_sim.submissions[person.employee_number] == 1
+
+
+def test_concurrent_calls_share_one_token(welink_sim):
+    backend = get_backend("welink")
+    persons = [make_person() for _ in range(8)]
+    outcomes = []
+    threads = [threading.Thread(target=lambda p=p: outcomes.append(backend.ensure_account(p, {})))
+               for p in persons]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 8
+    assert welink_sim.tokens.issued == 1
