@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -140,6 +141,8 @@ X_FRAME_OPTIONS = "DENY"
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    # Load balancers probe over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
@@ -201,6 +204,8 @@ API_PERSON_ID_OFFSET = env_int("API_PERSON_ID_OFFSET", 9_000_000_000_000)
 
 # Allocated email addresses: <pinyin>@EMAIL_DOMAIN.
 EMAIL_DOMAIN = os.environ.get("EMAIL_DOMAIN", "example.com")
+# How many addresses of a person the mail system may refuse as someone else's before the task fails.
+EMAIL_MAX_REALLOCATIONS = env_int("EMAIL_MAX_REALLOCATIONS", 5)
 
 # Target backends: "local" (in-process, the default) or a dotted path to a backend class.
 IDAAS_BACKEND = os.environ.get("IDAAS_BACKEND", "local")
@@ -232,12 +237,23 @@ IDAAS_SCIM_TOKEN = os.environ.get("IDAAS_SCIM_TOKEN", "")
 WELINK_API_URL = os.environ.get("WELINK_API_URL", "https://open.welink.huaweicloud.com")
 WELINK_CLIENT_ID = os.environ.get("WELINK_CLIENT_ID", "")
 WELINK_CLIENT_SECRET = os.environ.get("WELINK_CLIENT_SECRET", "")
-# WeLink allows 40 calls/s per client; one worker process stays under this (0 = no client-side limit).
-WELINK_MAX_CALLS_PER_SECOND = env_float("WELINK_MAX_CALLS_PER_SECOND", 30.0)
 EXMAIL_API_URL = os.environ.get("EXMAIL_API_URL", "https://api.exmail.qq.com")
 EXMAIL_CORP_ID = os.environ.get("EXMAIL_CORP_ID", "")
 EXMAIL_CORP_SECRET = os.environ.get("EXMAIL_CORP_SECRET", "")
 EXMAIL_DEPARTMENT_ID = os.environ.get("EXMAIL_DEPARTMENT_ID", "1")
+# Outbound limits per target system, held across every worker process together (services/pacing.py):
+# calls per second (0 = unlimited) and calls in flight (0 = only the per-process *_CONCURRENCY).
+# WeLink allows 40 calls/s per client and Tencent Exmail 500 calls/min.
+IDAAS_MAX_CALLS_PER_SECOND = env_float("IDAAS_MAX_CALLS_PER_SECOND", 0.0)
+WELINK_MAX_CALLS_PER_SECOND = env_float("WELINK_MAX_CALLS_PER_SECOND", 40.0)
+MAILBOX_MAX_CALLS_PER_SECOND = env_float("MAILBOX_MAX_CALLS_PER_SECOND", 500 / 60)
+IDAAS_MAX_CONCURRENCY = env_int("IDAAS_MAX_CONCURRENCY", 0)
+WELINK_MAX_CONCURRENCY = env_int("WELINK_MAX_CONCURRENCY", 0)
+MAILBOX_MAX_CONCURRENCY = env_int("MAILBOX_MAX_CONCURRENCY", 0)
+# Longest pause a rate-limit answer (Retry-After) may impose on a system, and how long a call waits for a
+# shared concurrency slot before its task is handed back.
+TARGET_MAX_PAUSE_SECONDS = env_float("TARGET_MAX_PAUSE_SECONDS", 300.0)
+TARGET_SLOT_WAIT_SECONDS = env_float("TARGET_SLOT_WAIT_SECONDS", 30.0)
 HR_API_URL = os.environ.get("HR_API_URL", "")
 HR_API_TOKEN = os.environ.get("HR_API_TOKEN", "")
 # Extra tries of one HR page on a timeout, 5xx or 429 before the sync run fails.
@@ -274,6 +290,8 @@ TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 5)
 TASK_RETRY_BASE_SECONDS = env_float("TASK_RETRY_BASE_SECONDS", 30.0)
 TASK_RETRY_MAX_SECONDS = env_float("TASK_RETRY_MAX_SECONDS", 3600.0)
 TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 300)
+# Rate-limit answers do not use up attempts, up to this many per task (then they count like any failure).
+TASK_MAX_RATE_LIMIT_DEFERRALS = env_int("TASK_MAX_RATE_LIMIT_DEFERRALS", 100)
 TASK_ASYNC_POLL_SECONDS = env_float("TASK_ASYNC_POLL_SECONDS", 30.0)
 TASK_ASYNC_TIMEOUT_SECONDS = env_int("TASK_ASYNC_TIMEOUT_SECONDS", 6 * 3600)
 PROCESS_STAGE_MAX_SECONDS = env_int("PROCESS_STAGE_MAX_SECONDS", 240)
@@ -303,17 +321,30 @@ CRONTAB_EXECUTABLE = os.environ.get("CRONTAB_EXECUTABLE", "/usr/bin/crontab")
 CRONTAB_LOCK_JOBS = True
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# "json": one object per line (time, level, logger, request_id, message); "plain" for reading in a terminal.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "config.logging.RedactingFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.logging.JsonFormatter"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain" if LOG_FORMAT == "plain" else "json",
+            "filters": ["redact"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# /readyz answers 503 when a pipeline stage has not succeeded for this long (a stage that never ran is
+# not overdue: a fresh installation is ready before cron's first run).
+READYZ_STAGE_OVERDUE_SECONDS = env_int("READYZ_STAGE_OVERDUE_SECONDS", 3 * STAGE_INTERVAL_MINUTES * 60)

@@ -1,5 +1,7 @@
 """Django Admin for operators: requests, items, persons, accounts, tasks and API clients."""
 
+from urllib.parse import urlsplit
+
 from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils.html import format_html
@@ -13,9 +15,11 @@ from .models import (
     ApiClient,
     HrPerson,
     HrSyncState,
+    Notification,
     TaskAttempt,
 )
 from .services.lifecycle import items_retry, request_cancel, request_retry, tasks_retry
+from .services.notifications import notifications_resend
 
 
 def mask_phone(phone: str) -> str:
@@ -40,13 +44,18 @@ class ReadOnlyAdminMixin:
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
     list_display = ("name", "origin_system", "is_operator", "is_active", "default_priority", "token_hint",
-                    "last_used_at", "created_at")
+                    "notify_email", "has_webhook_secret", "last_used_at", "created_at")
     list_filter = ("is_active", "is_operator", "origin_system")
     search_fields = ("name", "origin_system")
-    readonly_fields = ("token_hint", "created_at", "last_used_at")
+    readonly_fields = ("token_hint", "has_webhook_secret", "created_at", "last_used_at")
     fields = ("name", "origin_system", "is_operator", "is_active", "default_priority", "token_hint",
-              "created_at", "last_used_at")
+              "notify_email", "has_webhook_secret", "created_at", "last_used_at")
     actions = ["disable_clients", "enable_clients"]
+
+    # Whether a secret is set, never the secret: it is shown once, by `create_api_client --rotate-webhook-secret`.
+    @admin.display(description="已设置回调密钥", boolean=True)
+    def has_webhook_secret(self, obj):
+        return bool(obj.webhook_secret_encrypted)
 
     def has_add_permission(self, request):
         # Tokens are shown once, on the command line: `python manage.py create_api_client [--rotate]`.
@@ -245,3 +254,40 @@ class HrSyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("name", "watermark_updated_at", "watermark_person_id", "last_run_at", "last_success_at",
                     "persons_synced")
     readonly_fields = [f.name for f in HrSyncState._meta.fields]
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("message_id", "request", "channel", "target_display", "status", "attempts", "last_status_code",
+                    "next_attempt_at", "delivered_at")
+    list_filter = ("status", "channel")
+    search_fields = ("request__request_id", "message_id")
+    list_select_related = ("request",)
+    # Neither the payload (the status document holds phone numbers) nor the full callback URL (its query may
+    # carry the receiver's token) is shown.
+    fields = ("request", "channel", "target_display", "message_id", "status", "attempts", "max_attempts",
+              "next_attempt_at", "lease_expires_at", "last_status_code", "last_error", "created_at",
+              "delivered_at")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+    actions = ["resend"]
+
+    @admin.display(description="目标")
+    def target_display(self, obj):
+        if obj.channel != Notification.Channel.WEBHOOK:
+            return obj.target
+        try:
+            parts = urlsplit(obj.target)
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "-"
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        return f"{parts.scheme}://{host}{port}/…"
+
+    def has_resend_permission(self, request):
+        return request.user.has_perm("syncservice.change_notification")
+
+    @admin.action(description="重新发送", permissions=["resend"])
+    def resend(self, request, queryset):
+        count = notifications_resend(notifications=list(queryset))
+        self.message_user(request, f"已将 {count} 条失败的通知重新排队发送。")

@@ -51,7 +51,7 @@ def request_summary(request: AccountCreationRequest) -> dict:
     }
 
 
-def _item_document(item: AccountCreationRequestItem, system_list: list[str],
+def item_document(item: AccountCreationRequestItem, system_list: list[str],
                    accounts: dict[tuple[int, str], Account]) -> dict:
     person = item.hr_person
     account_documents = []
@@ -99,5 +99,5 @@ def request_document(request: AccountCreationRequest) -> dict:
             )
         }
     document = request_summary(request)
-    document["items"] = [_item_document(item, request.system_list, accounts) for item in items]
+    document["items"] = [item_document(item, request.system_list, accounts) for item in items]
     return document

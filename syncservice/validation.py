@@ -5,10 +5,13 @@ and every error carries the JSON path of the offending field (``userList[3].phon
 """
 
 import hashlib
+import ipaddress
 import json
 import re
+import socket
 import unicodedata
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -27,6 +30,7 @@ COUNTRY_MAX = 64
 PHONE_MAX = 20
 PRIORITY_MIN = -10
 PRIORITY_MAX = 10
+CALLBACK_URL_MAX = 2048
 
 ORIGIN_SYSTEM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 EMPLOYEE_NUMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -47,7 +51,7 @@ _forbidden_chars_re = re.compile(
 
 TOP_LEVEL_FIELDS = {
     "originSystem", "businessKey", "accountType", "employeeType", "systemList", "userList",
-    "priority",
+    "priority", "callbackUrl",
 }
 USER_FIELDS = {"employeeNumber", "employeeName", "departmentCode", "phoneNumber", "partnerCompany", "country"}
 
@@ -61,6 +65,7 @@ class ValidatedBatch:
     system_list: list[str]
     users: list[dict]
     priority: int | None = None
+    callback_url: str = ""
     fingerprint: str = field(default="")
 
 
@@ -164,6 +169,128 @@ def _validate_priority(errors: _Errors, data: dict) -> int | None:
     return value
 
 
+class CallbackUrlRejected(ValueError):
+    """The callback URL breaks the callback policy; the message tells the caller why."""
+
+
+class CallbackHostUnresolved(CallbackUrlRejected):
+    """The callback host did not resolve: refused at intake, worth another try at delivery."""
+
+
+@dataclass(frozen=True)
+class CallbackTarget:
+    """Where a callback goes: the checked URL split into what a connection needs."""
+
+    scheme: str
+    host: str  # ASCII (IDNA) host name or IP literal, lower case, without brackets
+    port: int
+    path: str  # path and query, at least "/"
+    addresses: tuple[str, ...]  # the checked addresses to connect to; empty: connect by name (allow-listed)
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default_port = 443 if self.scheme == "https" else 80
+        return host if self.port == default_port else f"{host}:{self.port}"
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address the host name resolves to (A and AAAA)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise CallbackHostUnresolved(f"The host {host!r} could not be resolved.") from e
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def forbidden_address(address: str) -> bool:
+    """True for addresses a callback must never reach: private, loopback, link-local, reserved and the like."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone ("fe80::1%eth0") names no new address
+    if ip.version == 6:
+        # IPv4 embedded in IPv6 (mapped, 6to4, Teredo) reaches the IPv4 host: judge that one too.
+        embedded = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
+        if any(inner is not None and forbidden_address(str(inner)) for inner in embedded):
+            return True
+    return (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+            or ip.is_multicast or ip.is_unspecified)
+
+
+def _allowed_hosts() -> set[str]:
+    return {host.strip().lower().rstrip(".") for host in settings.CALLBACK_ALLOWED_HOSTS if host.strip()}
+
+
+def check_callback_url(url: str) -> CallbackTarget:
+    """Apply the callback policy to a URL, resolving its host; raise CallbackUrlRejected when it fails.
+
+    https only, or http for a host on CALLBACK_ALLOWED_HOSTS; no credentials; and unless the host is
+    allow-listed or CALLBACK_ALLOW_PRIVATE_NETWORKS is on, every address the host resolves to must be a
+    public one. Called at intake and again right before each delivery, because DNS answers change.
+    """
+    if len(url) > CALLBACK_URL_MAX:
+        raise CallbackUrlRejected(f"At most {CALLBACK_URL_MAX} characters.")
+    if any(ch.isspace() for ch in url) or _forbidden_chars_re.search(url):
+        raise CallbackUrlRejected("Must not contain spaces or control characters.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise CallbackUrlRejected(f"Not a valid URL: {e}.") from e
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise CallbackUrlRejected("Must be an https:// URL.")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise CallbackUrlRejected("Must not contain credentials (user:password@).")
+    raw_host = (parts.hostname or "").rstrip(".")
+    if not raw_host:
+        raise CallbackUrlRejected("Must name a host.")
+    try:
+        host = raw_host.encode("idna").decode("ascii").lower()
+    except UnicodeError as e:
+        raise CallbackUrlRejected(f"The host {raw_host!r} is not a valid host name.") from e
+    if port == 0:
+        raise CallbackUrlRejected("Port 0 is not a valid port.")
+    port = port or (443 if scheme == "https" else 80)
+    allow_listed = host in _allowed_hosts()
+    if scheme == "http" and not allow_listed:
+        raise CallbackUrlRejected("Must be an https:// URL (plain http is accepted only for allow-listed hosts).")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    if allow_listed or settings.CALLBACK_ALLOW_PRIVATE_NETWORKS:
+        return CallbackTarget(scheme, host, port, path, addresses=())
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+        verb = "is"
+    except ValueError:
+        addresses = resolve_host(host, port)
+        verb = "resolves to"
+    refused = [address for address in addresses if forbidden_address(address)]
+    if refused:
+        raise CallbackUrlRejected(
+            f"The host {host!r} {verb} a private, loopback, link-local or reserved address "
+            f"({', '.join(refused)}); callbacks may only go to public addresses."
+        )
+    return CallbackTarget(scheme, host, port, path, addresses=tuple(addresses))
+
+
+def _validate_callback_url(errors: _Errors, data: dict) -> str:
+    value = data.get("callbackUrl")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors.add("callbackUrl", "invalid_type", "Must be a string.")
+        return ""
+    value = value.strip()
+    if not value:
+        return ""
+    try:
+        check_callback_url(value)
+    except CallbackUrlRejected as e:
+        errors.add("callbackUrl", "invalid_callback_url", str(e))
+        return ""
+    return value
+
+
 def validate_create_accounts(data) -> ValidatedBatch:
     """Validate and normalize a create_accounts body; raise PayloadInvalid with every error found."""
     if not isinstance(data, dict):
@@ -180,6 +307,7 @@ def validate_create_accounts(data) -> ValidatedBatch:
     employee_type = _text(errors, data, "employeeType", "employeeType", max_length=EMPLOYEE_TYPE_MAX,
                           required=True)
     priority = _validate_priority(errors, data)
+    callback_url = _validate_callback_url(errors, data)
 
     systems = settings.PROVISIONING_SYSTEMS
     system_list: list[str] = []
@@ -235,6 +363,7 @@ def validate_create_accounts(data) -> ValidatedBatch:
     batch = ValidatedBatch(
         origin_system=origin_system, business_key=business_key, account_type=account_type,
         employee_type=employee_type, system_list=system_list, users=users, priority=priority,
+        callback_url=callback_url,
     )
     batch.fingerprint = fingerprint(batch)
     return batch
@@ -242,16 +371,17 @@ def validate_create_accounts(data) -> ValidatedBatch:
 
 def fingerprint(batch: ValidatedBatch) -> str:
     """A digest of the normalized payload: equal for resubmissions of the same batch."""
-    canonical = json.dumps(
-        {
-            "originSystem": batch.origin_system,
-            "businessKey": batch.business_key,
-            "accountType": batch.account_type,
-            "employeeType": batch.employee_type,
-            "systemList": batch.system_list,
-            "users": batch.users,
-            "priority": batch.priority,
-        },
-        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-    )
+    document = {
+        "originSystem": batch.origin_system,
+        "businessKey": batch.business_key,
+        "accountType": batch.account_type,
+        "employeeType": batch.employee_type,
+        "systemList": batch.system_list,
+        "users": batch.users,
+        "priority": batch.priority,
+    }
+    if batch.callback_url:
+        # Only when given: batches without a callback keep the fingerprints they were stored with.
+        document["callbackUrl"] = batch.callback_url
+    canonical = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

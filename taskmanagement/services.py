@@ -6,10 +6,10 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
+from django.conf import settings
 from django.utils import timezone
 
-from django.conf import settings
-
+from config.logging import request_id_var
 from syncservice.services.provisioning import run_process_stage
 from syncservice.services.retention import purge_finished_requests
 from syncservice.services.sync import run_sync_stage
@@ -52,6 +52,10 @@ def _describe_process(c: dict, dry_run: bool) -> str:
         text += f", {c['fenced_off']} discarded (lease lost)"
     if c.get("released"):
         text += f", {c['released']} released unstarted"
+    if c.get("notifications_delivered"):
+        text += f"; {c['notifications_delivered']} notification(s) delivered"
+    if c.get("notifications_failed"):
+        text += f", {c['notifications_failed']} notification(s) failed for good"
     return text
 
 
@@ -94,6 +98,17 @@ def stage_run(*, stage: str, trigger: str, dry_run: bool = False, limit: int | N
     spec = STAGES[TaskRun.Stage(stage)]
     run = TaskRun.objects.create(stage=stage, trigger=trigger, dry_run=dry_run, host=socket.gethostname(),
                                  pid=os.getpid(), triggered_by=triggered_by[:128])
+    # Log lines of the run carry its id (nested in the API request's id when started through the API).
+    parent = request_id_var.get()
+    token = request_id_var.set(f"{parent}/{stage}#{run.pk}" if parent != "-" else f"{stage}#{run.pk}")
+    try:
+        return _execute(run, spec, dry_run, limit, options)
+    finally:
+        request_id_var.reset(token)
+
+
+def _execute(run: TaskRun, spec: StageSpec, dry_run: bool, limit: int | None, options: dict) -> TaskRun:
+    stage = run.stage
     try:
         counts = spec.run(dry_run, limit, **options)
     except Exception as exc:
@@ -110,4 +125,5 @@ def stage_run(*, stage: str, trigger: str, dry_run: bool = False, limit: int | N
     run.outcome = TaskRun.Outcome.SUCCEEDED
     run.finished_at = timezone.now()
     run.save(update_fields=["counts", "summary", "outcome", "finished_at"])
+    logger.info("%s finished: %s", stage, run.summary)
     return run

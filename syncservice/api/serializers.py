@@ -38,6 +38,12 @@ class CreateAccountsInputSerializer(serializers.Serializer):
         min_value=v.PRIORITY_MIN, max_value=v.PRIORITY_MAX, required=False,
         help_text="Higher runs first; defaults to the client's priority.",
     )
+    callbackUrl = serializers.URLField(
+        max_length=v.CALLBACK_URL_MAX, required=False, allow_blank=True,
+        help_text="Receives the final status document when the request ends, signed the Standard Webhooks way "
+                  "with the client's webhook secret. https only (plain http only for allow-listed hosts); no "
+                  "credentials in the URL; the host must resolve to public addresses.",
+    )
 
 
 class CreateAccountsResponseSerializer(serializers.Serializer):

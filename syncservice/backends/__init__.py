@@ -56,7 +56,10 @@ def get_hr_backend() -> HrSourceBackend:
 
 def reset_backends() -> None:
     """Drop cached backends (tests change settings between runs)."""
+    from ..services.pacing import reset_local_pacing
+
     with _lock:
         for backend in _instances.values():
             backend.close()
         _instances.clear()
+    reset_local_pacing()

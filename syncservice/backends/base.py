@@ -20,6 +20,7 @@ class Outcome:
     message: str = ""         # the target's own message, verbatim
     retry_after: float | None = None   # seconds, when the target said how long to wait
     state: dict | None = None          # backend state to keep on the task (e.g. an async job in flight)
+    rate_limited: bool = False         # the target said "slow down" (429, WeLink 48503, Exmail 45009)
 
     @property
     def succeeded(self) -> bool:

@@ -16,6 +16,8 @@ from .http import HttpClient, TargetError, TokenCache, json_object, log_vendor_a
 DEFAULT_URL = "https://api.exmail.qq.com"
 
 OK = 0
+# 45009: API calls over the frequency limit; 45033: too many concurrent calls.
+RATE_LIMIT_CODES = (45009, 45033)
 AUTH_CODES = {40014, 42001}          # invalid access_token, access_token expired: refresh once
 TRANSIENT_CODES = {-1, 45009, 45033}  # system busy, call frequency and concurrency limits
 USER_EXISTS = 60102
@@ -71,9 +73,13 @@ class ExmailBackend(TargetBackend):
                 if attempt == 1:
                     continue
             if errcode in AUTH_CODES or errcode in TRANSIENT_CODES:
-                retry_after = 1.0 if errcode in (45009, 45033) else None
+                retry_after = None
+                if errcode in RATE_LIMIT_CODES:
+                    retry_after = 1.0
+                    self.http.rate_limited(retry_after, f"Exmail {errcode}")
                 raise TargetError(Outcome.transient(str(errcode), str(body.get("errmsg", "")),
-                                                    retry_after=retry_after))
+                                                    retry_after=retry_after,
+                                                    rate_limited=errcode in RATE_LIMIT_CODES))
             return body
         raise AssertionError("unreachable")
 

@@ -14,7 +14,6 @@ import secrets
 import string
 import threading
 import time
-from collections import deque
 from dataclasses import replace
 from typing import Callable
 
@@ -22,6 +21,7 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
+from ..services.pacing import pause, pace
 from .base import Outcome, PersonSnapshot
 
 logger = logging.getLogger("syncservice.backends.http")
@@ -146,33 +146,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
-class RateLimiter:
-    """At most `rate()` calls in any one-second window, shared by the threads of one process.
-
-    The target's own limit still answers for the other processes; this keeps one worker from tripping it.
-    """
-
-    def __init__(self, rate: Callable[[], float]):
-        self.rate = rate
-        self._lock = threading.Lock()
-        self._calls: deque[float] = deque()
-
-    def acquire(self) -> None:
-        while True:
-            limit = int(self.rate() or 0)
-            if limit <= 0:
-                return
-            with self._lock:
-                now = time.monotonic()
-                while self._calls and now - self._calls[0] >= 1.0:
-                    self._calls.popleft()
-                if len(self._calls) < limit:
-                    self._calls.append(now)
-                    return
-                wait = 1.0 - (now - self._calls[0])
-            time.sleep(max(wait, 0.001))
-
-
 # --- Tokens ------------------------------------------------------------------------------------------
 
 class TokenCache:
@@ -209,13 +182,11 @@ class HttpClient:
     """One pooled requests.Session for one target system, with the base URL and timeout read per call."""
 
     def __init__(self, *, system: str, url_setting: str, default_url: str = "",
-                 error_fields: Callable[[object], tuple[str, str]] | None = None,
-                 limiter: RateLimiter | None = None):
+                 error_fields: Callable[[object], tuple[str, str]] | None = None):
         self.system = system
         self.url_setting = url_setting
         self.default_url = default_url
         self.error_fields = error_fields or (lambda body: ("", ""))
-        self.limiter = limiter
         pool_size = max(1, int(settings.BACKEND_CONCURRENCY.get(system, 4)))
         self.session = requests.Session()
         # Every worker thread of this system gets a kept-alive connection; no transparent retries: a
@@ -238,8 +209,8 @@ class HttpClient:
         """Send one request; answers 429 and 5xx and transport failures raise a transient TargetError."""
         timeout = float(settings.TARGET_HTTP_TIMEOUT_SECONDS)
         url = self.base_url + path
-        if self.limiter is not None:
-            self.limiter.acquire()
+        # The system's shared rate (every worker process together) decides when this call may leave.
+        pace(self.system)
         started = time.monotonic()
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)
@@ -260,13 +231,18 @@ class HttpClient:
             code, message = self.error_fields(safe_json(response))
             self._log(method, path, started, status, code)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if status == 429 and retry_after is None:
-                retry_after = DEFAULT_RETRY_AFTER_SECONDS
+            if status == 429:
+                retry_after = DEFAULT_RETRY_AFTER_SECONDS if retry_after is None else retry_after
+                self.rate_limited(retry_after, f"HTTP 429 {code}".strip())
             raise TargetError(Outcome.transient(
                 code or f"http_{status}", message or f"HTTP {status}: {body_excerpt(response)}",
-                retry_after=retry_after))
+                retry_after=retry_after, rate_limited=status == 429))
         self._log(method, path, started, status, self.error_fields(safe_json(response))[0])
         return response
+
+    def rate_limited(self, retry_after: float, reason: str) -> None:
+        """The target said slow down: pause this system for every worker, not only this call's task."""
+        pause(self.system, retry_after, reason)
 
     def _log(self, method, path, started, result, code="") -> None:
         took = int((time.monotonic() - started) * 1000)

@@ -1,6 +1,7 @@
 """WeLink (open.welink.huaweicloud.com): bulk user sync, asynchronous; poll the status endpoint until opened.
 
-Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment), WELINK_MAX_CALLS_PER_SECOND.
+Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); WELINK_MAX_CALLS_PER_SECOND
+and WELINK_MAX_CONCURRENCY hold across every worker (services/pacing.py).
 The user is keyed by corpUserId = employee number. A call either finds the account open (linked), submits it
 (in progress, ``state["submitted"]``), or polls a submitted job until 47109 (created). The external id is
 WeLink's own userId when the lookup reports one, else the corpUserId.
@@ -9,7 +10,7 @@ WeLink's own userId when the lookup reports one, else the corpUserId.
 from django.conf import settings
 
 from .base import Outcome, PersonSnapshot, TargetBackend
-from .http import DEFAULT_RETRY_AFTER_SECONDS, HttpClient, RateLimiter, TargetError, TokenCache, json_object, \
+from .http import DEFAULT_RETRY_AFTER_SECONDS, HttpClient, TargetError, TokenCache, json_object, \
     log_vendor_answer, national_mobile, parse_retry_after, record_belongs_to
 
 DEFAULT_URL = "https://open.welink.huaweicloud.com"
@@ -48,8 +49,7 @@ class WelinkBackend(TargetBackend):
     def __init__(self, **options):
         super().__init__(**options)
         self.http = HttpClient(system=self.system, url_setting="WELINK_API_URL", default_url=DEFAULT_URL,
-                               error_fields=welink_error,
-                               limiter=RateLimiter(lambda: settings.WELINK_MAX_CALLS_PER_SECOND))
+                               error_fields=welink_error)
         self.tokens = TokenCache(self._fetch_token)
 
     def close(self) -> None:
@@ -84,9 +84,11 @@ class WelinkBackend(TargetBackend):
                 raise TargetError(Outcome.transient(code, str(body.get("message", "token refused twice"))))
             if code in TRANSIENT_CODES:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if code == RATE_LIMITED and retry_after is None:
-                    retry_after = DEFAULT_RETRY_AFTER_SECONDS
-                raise TargetError(Outcome.transient(code, str(body.get("message", "")), retry_after=retry_after))
+                if code == RATE_LIMITED:
+                    retry_after = DEFAULT_RETRY_AFTER_SECONDS if retry_after is None else retry_after
+                    self.http.rate_limited(retry_after, f"WeLink {code}")
+                raise TargetError(Outcome.transient(code, str(body.get("message", "")), retry_after=retry_after,
+                                                    rate_limited=code == RATE_LIMITED))
             if response.status_code >= 400 and code == OK:
                 raise TargetError(Outcome.permanent(f"http_{response.status_code}", str(body)[:500]))
             return body

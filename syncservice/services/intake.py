@@ -5,7 +5,7 @@ import secrets
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..errors import BusinessKeyConflict, OriginForbidden
+from ..errors import BusinessKeyConflict, OriginForbidden, PayloadInvalid
 from ..models import AccountCreationRequest, AccountCreationRequestItem, ApiClient
 from ..validation import ValidatedBatch
 
@@ -42,6 +42,12 @@ def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[Account
         raise OriginForbidden(
             f"This client may not submit for originSystem {batch.origin_system!r}.",
         )
+    if batch.callback_url and not client.webhook_secret_encrypted:
+        # An unsigned callback cannot be told from a forgery, so none would ever be sent: say so now.
+        raise PayloadInvalid("This client has no webhook secret, so callbacks cannot be signed.", errors=[{
+            "field": "callbackUrl", "code": "no_webhook_secret",
+            "message": "Ask an operator to run `create_api_client <name> --rotate-webhook-secret`, "
+                       "or leave callbackUrl out and poll the status URL."}])
     existing = _existing_or_conflict(batch)
     if existing is not None:
         return existing, False
@@ -58,6 +64,7 @@ def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[Account
                 total_users=len(batch.users),
                 client=client,
                 priority=priority,
+                callback_url=batch.callback_url,
                 payload_fingerprint=batch.fingerprint,
             )
             AccountCreationRequestItem.objects.bulk_create(

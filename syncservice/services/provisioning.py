@@ -6,6 +6,7 @@ any transaction. Results are written back in batches, fenced by the claim's leas
 lease expired and whose task was claimed again cannot overwrite the newer claim's outcome.
 """
 
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -25,8 +26,11 @@ from django.utils import timezone
 from ..backends import get_backend
 from ..backends.base import Outcome, OutcomeKind, PersonSnapshot
 from ..models import Account, AccountCreationTask, TaskAttempt
+from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
 from .locking import atomic_with_retry, skip_locked
+from .pacing import concurrency_slot
+from .notifications import deliver_due_notifications
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
 
 logger = logging.getLogger(__name__)
@@ -111,6 +115,8 @@ class ProcessResult:
     failed: int = 0
     fenced_off: int = 0
     released: int = 0
+    notifications_delivered: int = 0
+    notifications_failed: int = 0
     by_system: dict = field(default_factory=dict)
 
     def as_counts(self) -> dict:
@@ -121,7 +127,12 @@ def call_backend(task: Task, token: str) -> CallResult:
     started = timezone.now()
     clock = time.monotonic()
     try:
-        outcome = get_backend(task.system).ensure_account(snapshot(task), dict(task.backend_state or {}))
+        with concurrency_slot(task.system) as acquired:
+            if acquired:
+                outcome = get_backend(task.system).ensure_account(snapshot(task), dict(task.backend_state or {}))
+            else:
+                outcome = Outcome.transient("slot_busy", f"no free {task.system} call slot across the workers "
+                                                         f"within {settings.TARGET_SLOT_WAIT_SECONDS:g} s")
     except Exception as exc:  # a backend bug must not lose the task: record it and retry later
         logger.exception("backend %s raised for task %s", task.system, task.pk)
         outcome = Outcome.transient("exception", f"{type(exc).__name__}: {exc}")
@@ -131,6 +142,7 @@ def call_backend(task: Task, token: str) -> CallResult:
 def _apply(result: CallResult, now, worker: str) -> tuple[str, TaskAttempt]:
     """Update the task in memory for its outcome; return the kind of result and the attempt row."""
     task, outcome = result.task, result.outcome
+    attempt_number = task.attempts
     if outcome.state is not None:
         task.backend_state = outcome.state
     task.locked_by = ""
@@ -157,6 +169,23 @@ def _apply(result: CallResult, now, worker: str) -> tuple[str, TaskAttempt]:
             task.next_attempt_at = now + dt.timedelta(
                 seconds=outcome.retry_after or settings.TASK_ASYNC_POLL_SECONDS)
             verdict = "waiting"
+    elif kind == OutcomeKind.PERMANENT and _reallocate_email(task, outcome):
+        # The address belongs to someone else at the mail system: the person got the next free candidate
+        # and the task goes again at once, without using up an attempt.
+        task.attempts -= 1
+        task.status = Task.Status.PENDING
+        task.next_attempt_at = now
+        task.last_error_code, task.last_error = outcome.code, outcome.message
+        verdict = "retried"
+    elif kind == OutcomeKind.TRANSIENT and outcome.rate_limited and \
+            task.backend_state.get("rate_limited", 0) < settings.TASK_MAX_RATE_LIMIT_DEFERRALS:
+        # "Slow down" is not a failure of this task: it keeps its attempt and waits its turn.
+        task.backend_state["rate_limited"] = task.backend_state.get("rate_limited", 0) + 1
+        task.attempts -= 1
+        task.status = Task.Status.PENDING
+        task.next_attempt_at = now + dt.timedelta(seconds=outcome.retry_after or 1.0)
+        task.last_error_code, task.last_error = outcome.code, outcome.message
+        verdict = "retried"
     elif kind == OutcomeKind.TRANSIENT and task.attempts < task.max_attempts:
         task.status = Task.Status.PENDING
         task.next_attempt_at = now + dt.timedelta(seconds=retry_delay(task.attempts, outcome.retry_after))
@@ -170,13 +199,24 @@ def _apply(result: CallResult, now, worker: str) -> tuple[str, TaskAttempt]:
             task.last_error = f"gave up after {task.attempts} attempts: {outcome.message}"
         verdict = "failed"
     attempt = TaskAttempt(
-        task_id=task.pk, attempt_number=task.attempts, outcome=kind.value, code=outcome.code[:64],
+        task_id=task.pk, attempt_number=attempt_number, outcome=kind.value, code=outcome.code[:64],
         message=outcome.message, duration_ms=result.duration_ms, worker=worker, started_at=result.started_at,
     )
     return verdict, attempt
 
 
-TASK_RESULT_FIELDS = ["status", "backend_state", "locked_by", "lease_token", "lease_expires_at", "updated_at",
+def _reallocate_email(task: Task, outcome: Outcome) -> bool:
+    """Move the person to their next email candidate when the mail system refused the current one."""
+    state = outcome.state or {}
+    refused = state.get("refused_emails") or []
+    if not state.get("reallocate_email") or len(refused) > settings.EMAIL_MAX_REALLOCATIONS:
+        return False
+    person_reallocate_email(person_pk=task.person_id, taken_email=state.get("taken_email", ""), refused=refused)
+    task.backend_state = {k: v for k, v in state.items() if k not in ("reallocate_email", "taken_email")}
+    return True
+
+
+TASK_RESULT_FIELDS = ["status", "attempts", "backend_state", "locked_by", "lease_token", "lease_expires_at", "updated_at",
                       "finished_at", "next_attempt_at", "last_error_code", "last_error"]
 
 
@@ -264,8 +304,9 @@ class SystemWorkers:
         self.jobs: queue.Queue = queue.Queue()
         self.results = results
         self.in_flight = 0
-        self.threads = [threading.Thread(target=self._run, name=f"{system}-{i}", daemon=True)
-                        for i in range(size)]
+        # Each thread runs in a copy of the stage's context, so its log lines carry the run's id.
+        self.threads = [threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                         name=f"{system}-{i}", daemon=True) for i in range(size)]
         for thread in self.threads:
             thread.start()
 
@@ -401,4 +442,8 @@ def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_se
         if buffer:
             record_results(buffer, worker=worker, totals=totals)
     atomic_with_retry(reconcile_processing_requests)
+    if not stop.is_set():  # on SIGTERM the outbox waits for the next run
+        notified = deliver_due_notifications(worker=worker)
+        totals.notifications_delivered = notified["delivered"]
+        totals.notifications_failed = notified["failed"]
     return totals

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem
 from .locking import wait_locked
+from .notifications import notifications_enqueue
 
 Item = AccountCreationRequestItem
 Request = AccountCreationRequest
@@ -107,6 +108,8 @@ def rollup_requests(request_ids) -> int:
     if changed:
         Request.objects.bulk_update(changed, ["processed_users", "status", "completed_at", "error_summary",
                                               "updated_at"])
+    if ended:
+        notifications_enqueue(requests=ended)
     return len(ended)
 
 

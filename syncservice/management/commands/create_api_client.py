@@ -2,9 +2,15 @@
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from syncservice.models import ApiClient
-from syncservice.services.clients import api_client_create, api_client_rotate_token
+from syncservice.services.clients import (
+    api_client_create,
+    api_client_rotate_token,
+    api_client_rotate_webhook_secret,
+    api_client_set_notify_email,
+)
 from syncservice.validation import ORIGIN_SYSTEM_MAX, ORIGIN_SYSTEM_RE
 
 
@@ -23,16 +29,23 @@ class Command(BaseCommand):
         parser.add_argument("--priority", type=int, default=0, help="Default priority of the client's requests.")
         parser.add_argument("--rotate", action="store_true",
                             help="If the client exists, give it a new token (the old one stops working).")
+        parser.add_argument("--webhook-secret", action="store_true",
+                            help="Give the new client a secret that signs its callbacks; printed once, before "
+                                 "the token.")
+        parser.add_argument("--rotate-webhook-secret", action="store_true",
+                            help="Give an existing client a new webhook secret (the old one stops signing at "
+                                 "once); printed once, as the last line unless --rotate is given too.")
+        parser.add_argument("--notify-email", metavar="ADDRESS", default=None,
+                            help="Address that gets an email when one of the client's requests ends "
+                                 "(an empty string clears it).")
 
-    def handle(self, *args, name, operator, client_name, priority, rotate, **options):
+    def handle(self, *args, name, operator, client_name, priority, rotate, webhook_secret, rotate_webhook_secret,
+               notify_email, **options):
         client_name = client_name or name
         existing = ApiClient.objects.filter(name=client_name).first()
         if existing is not None:
-            if not rotate:
-                raise CommandError(f"A client named {client_name!r} exists; pass --rotate to issue a new token.")
-            token = api_client_rotate_token(client=existing)
-            self.stdout.write(f"Rotated the token of client {client_name!r}; the old token no longer works.")
-            self.stdout.write(token)
+            self._update(existing, rotate=rotate, webhook_secret=webhook_secret,
+                         rotate_webhook_secret=rotate_webhook_secret, notify_email=notify_email)
             return
         origin_system = ""
         if not operator:
@@ -43,11 +56,52 @@ class Command(BaseCommand):
                 )
             origin_system = name
         try:
-            client, token = api_client_create(name=client_name, origin_system=origin_system,
-                                              is_operator=operator, default_priority=priority)
+            # One transaction: a client never exists without the secret it was announced with.
+            with transaction.atomic():
+                client, token = api_client_create(name=client_name, origin_system=origin_system,
+                                                  is_operator=operator, default_priority=priority,
+                                                  notify_email=(notify_email or "").strip())
+                secret = None
+                if webhook_secret or rotate_webhook_secret:
+                    secret = api_client_rotate_webhook_secret(client=client)
         except ValidationError as e:
-            raise CommandError("; ".join(e.messages)) from e
+            raise CommandError(_describe(e)) from e
         kind = "operator client" if operator else f"client for originSystem {origin_system!r}"
         self.stdout.write(f"Created {kind} {client.name!r} (id {client.pk}).")
+        if client.notify_email:
+            self.stdout.write(f"Completion emails go to {client.notify_email}.")
+        if secret is not None:
+            self.stdout.write(f"Webhook secret (shown once): {secret}")
         self.stdout.write("Its token follows; it is shown only this once. Send it as 'Authorization: Bearer <token>'.")
         self.stdout.write(token)
+
+    def _update(self, client: ApiClient, *, rotate: bool, webhook_secret: bool, rotate_webhook_secret: bool,
+                notify_email: str | None) -> None:
+        if webhook_secret:
+            raise CommandError(f"A client named {client.name!r} exists; --webhook-secret is for a new client, "
+                               "use --rotate-webhook-secret to replace the secret of an existing one.")
+        if not (rotate or rotate_webhook_secret or notify_email is not None):
+            raise CommandError(f"A client named {client.name!r} exists; pass --rotate to issue a new token.")
+        if notify_email is not None:
+            try:
+                api_client_set_notify_email(client=client, notify_email=notify_email)
+            except ValidationError as e:
+                raise CommandError(f"Invalid --notify-email {notify_email!r}: {_describe(e)}") from e
+            self.stdout.write(f"Completion emails of client {client.name!r} go to {client.notify_email}."
+                              if client.notify_email else f"Client {client.name!r} gets no completion emails.")
+        # Whatever is printed, a token stays the last line, as scripts read it from there.
+        if rotate_webhook_secret:
+            secret = api_client_rotate_webhook_secret(client=client)
+            self.stdout.write(f"Rotated the webhook secret of client {client.name!r}; the old one no longer signs.")
+            self.stdout.write(f"Webhook secret (shown once): {secret}" if rotate else secret)
+        if rotate:
+            token = api_client_rotate_token(client=client)
+            self.stdout.write(f"Rotated the token of client {client.name!r}; the old token no longer works.")
+            self.stdout.write(token)
+
+
+def _describe(error: ValidationError) -> str:
+    """Validation messages with the field each is about (the messages alone may be in the admin's language)."""
+    if hasattr(error, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())
+    return "; ".join(error.messages)

@@ -44,13 +44,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def backend_settings(settings):
-    """Test settings for the HTTP backends; backends are rebuilt before and after the test."""
+def backend_settings(settings, db):
+    """Test settings for the HTTP backends; backends are rebuilt before and after the test.
+
+    Needs the database: a rate-limit answer pauses its system in the shared TargetThrottle row.
+    """
     settings.TARGET_HTTP_TIMEOUT_SECONDS = 2.0
     settings.TASK_RETRY_BASE_SECONDS = 0
     settings.TASK_ASYNC_POLL_SECONDS = 0
     settings.TASK_MAX_ATTEMPTS = 8
     settings.WELINK_MAX_CALLS_PER_SECOND = 0
+    settings.MAILBOX_MAX_CALLS_PER_SECOND = 0
     settings.HR_HTTP_RETRIES = 0
     reset_backends()
     yield settings

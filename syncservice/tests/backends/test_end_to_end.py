@@ -145,3 +145,24 @@ def test_hr_persons_get_accounts_in_all_three_real_systems_and_logs_stay_clean(
                for r in caplog.records)                            # …and urllib3's, query strings cut…
     leaks = [(s, line) for line in lines for s in secrets if s in line]
     assert leaks == []                                                # …without a secret, token or phone
+
+
+def test_an_address_taken_at_the_mail_system_moves_the_person_to_the_next_one(hr_caller, exmail_sim):
+    # Someone outside this service already owns zhangsan@ and zhangsan2@ at Exmail.
+    exmail_sim.add_user("zhangsan@example.com", name="张三", mobile="13900000001")
+    exmail_sim.add_user("zhangsan2@example.com", name="张三", mobile="13900000002", extid="OTHER")
+    request = submit(hr_caller, [{"employeeNumber": "Z1", "employeeName": "张三", "departmentCode": "D1",
+                                  "phoneNumber": "13800138001"}], ["email"], key="TAKEN")
+
+    run_stages()
+
+    person = HrPerson.objects.get(employee_number="Z1")
+    assert person.email == "zhangsan3@example.com"
+    assert exmail_sim.users["zhangsan3@example.com"]["mobile"] == "13800138001"
+    account = Account.objects.get(person=person, system="email")
+    assert (account.status, account.external_id) == ("created", "zhangsan3@example.com")
+    request.refresh_from_db()
+    assert request.status == "completed"
+    task = AccountCreationTask.objects.get(person=person)
+    assert task.attempts == 1  # the refused addresses did not use up attempts
+    assert list(task.attempt_log.order_by("id").values_list("code", flat=True))[:2] == ["email_taken", "email_taken"]
