@@ -110,29 +110,24 @@ class AccountCreationRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="取消所选请求")
     def cancel_requests(self, request, queryset):
-        done, refused = 0, []
-        for account_request in queryset:
-            try:
-                request_cancel(request=account_request)
-                done += 1
-            except InvalidTransition as exc:
-                refused.append(exc.message)
+        done = self._apply_each(request, queryset, request_cancel)
         self.message_user(request, f"已取消（或正在取消）{done} 个请求。")
-        for message in refused:
-            self.message_user(request, message, level=messages.WARNING)
 
     @admin.action(description="重试所选请求的失败用户")
     def retry_requests(self, request, queryset):
-        done, refused = 0, []
+        done = self._apply_each(request, queryset, request_retry)
+        self.message_user(request, f"已重试 {done} 个请求。")
+
+    def _apply_each(self, request, queryset, action) -> int:
+        """Apply a lifecycle action to every selected request; report the ones it does not apply to."""
+        done = 0
         for account_request in queryset:
             try:
-                request_retry(request=account_request)
+                action(request=account_request)
                 done += 1
             except InvalidTransition as exc:
-                refused.append(exc.message)
-        self.message_user(request, f"已重试 {done} 个请求。")
-        for message in refused:
-            self.message_user(request, message, level=messages.WARNING)
+                self.message_user(request, exc.message, level=messages.WARNING)
+        return done
 
     def get_search_results(self, request, queryset, search_term):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)

@@ -1,5 +1,6 @@
 """Shared test fixtures: API clients with real tokens, and helpers to call the API through the test client."""
 
+import copy
 import json
 from io import StringIO
 
@@ -7,26 +8,14 @@ import pytest
 from django.core.cache import caches
 from django.core.management import call_command
 
+from syncservice.api.views import NOTE_EXAMPLE
 from syncservice.backends import reset_backends
-
 from syncservice.services.clients import api_client_create
 
 
 def note_example(**overrides) -> dict:
-    """The design note's example request, optionally with fields replaced."""
-    payload = {
-        "originSystem": "HR_SYSTEM",
-        "businessKey": "BATCH_20250121_001",
-        "accountType": "供应商",
-        "employeeType": "1",
-        "systemList": ["idaas", "welink", "email"],
-        "userList": [
-            {"employeeNumber": "TEST001", "employeeName": "张三", "departmentCode": "D001",
-             "phoneNumber": "13800138001", "partnerCompany": "测试公司", "country": "中国"},
-            {"employeeNumber": "TEST002", "employeeName": "李四", "departmentCode": "D002",
-             "phoneNumber": "13800138002", "partnerCompany": "测试公司", "country": "中国"},
-        ],
-    }
+    """The design note's example request (as the API documents it), optionally with fields replaced."""
+    payload = copy.deepcopy(NOTE_EXAMPLE)
     payload.update(overrides)
     return payload
 
