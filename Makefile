@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-DEMO_ENV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1}
+DEMO_ENV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1} LOG_FORMAT=$${LOG_FORMAT:-plain}
 
 .PHONY: install run test migrate clean
 
@@ -32,3 +32,21 @@ test: install
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .demo-credentials.json .pytest_cache
+
+# Benchmarks of issue 7: measurement only, never part of `make test` (see docs/performance.md). They use
+# PostgreSQL on 127.0.0.1:5432 (user postgres) and create their own databases, aps_bench and
+# aps_bench_procrastinate. The peer of workload 4 (procrastinate, bench/requirements.txt) lives in a
+# virtualenv of its own: it brings psycopg 3, which Django would pick over psycopg2 in .venv.
+BENCH_PEER_VENV := bench/.venv-peer
+
+$(BENCH_PEER_VENV)/.installed: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_PEER_VENV)
+	$(BENCH_PEER_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+.PHONY: bench bench-large
+bench: install $(BENCH_PEER_VENV)/.installed
+	$(PY) -m bench.run
+
+bench-large: install $(BENCH_PEER_VENV)/.installed
+	$(PY) -m bench.run --large

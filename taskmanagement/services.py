@@ -125,5 +125,7 @@ def _execute(run: TaskRun, spec: StageSpec, dry_run: bool, limit: int | None, op
     run.outcome = TaskRun.Outcome.SUCCEEDED
     run.finished_at = timezone.now()
     run.save(update_fields=["counts", "summary", "outcome", "finished_at"])
-    logger.info("%s finished: %s", stage, run.summary)
+    # An idle run (every few seconds under run_scheduler) is not worth an INFO line.
+    busy = any(isinstance(value, int) and value for value in counts.values())
+    logger.log(logging.INFO if busy else logging.DEBUG, "%s finished: %s", stage, run.summary)
     return run
