@@ -48,6 +48,7 @@ from ..models import (
 from ..selectors import item_document, iso_utc, request_summary
 from ..validation import CallbackHostUnresolved, CallbackTarget, CallbackUrlRejected, check_callback_url
 from .clients import WEBHOOK_SECRET_PREFIX, api_client_webhook_secret
+from .bulk import bulk_update_rows
 from .locking import atomic_with_retry, skip_locked
 
 logger = logging.getLogger(__name__)
@@ -466,7 +467,7 @@ def record_deliveries(results: list[DeliveryResult]) -> tuple[Counter, int]:
         kept = [r for r in results if current.get(r.notification.pk) == r.token]
         verdicts = Counter(_apply(r, now) for r in kept)
         if kept:
-            Notification.objects.bulk_update([r.notification for r in kept], RESULT_FIELDS)
+            bulk_update_rows([r.notification for r in kept], RESULT_FIELDS)
         return verdicts, kept
 
     verdicts, kept = atomic_with_retry(write)

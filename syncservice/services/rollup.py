@@ -12,6 +12,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem
+from .bulk import bulk_update_rows
 from .locking import wait_locked
 from .notifications import notifications_enqueue
 
@@ -62,7 +63,7 @@ def rollup_items_for_persons(person_ids) -> int:
         item.updated_at = now
         finished.append(item)
     if finished:
-        Item.objects.bulk_update(finished, ["status", "error_message", "updated_at"])
+        bulk_update_rows(finished, ["status", "error_message", "updated_at"])
         rollup_requests({item.request_id for item in finished})
     return len(finished)
 
@@ -106,7 +107,7 @@ def rollup_requests(request_ids) -> int:
     for request in ended:
         request.error_summary = summaries.get(request.id)
     if changed:
-        Request.objects.bulk_update(changed, ["processed_users", "status", "completed_at", "error_summary",
+        bulk_update_rows(changed, ["processed_users", "status", "completed_at", "error_summary",
                                               "updated_at"])
     if ended:
         notifications_enqueue(requests=ended)

@@ -5,12 +5,13 @@ import logging
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError
+from django.db import IntegrityError, OperationalError, connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..backends import get_hr_backend
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, HrSyncState
+from .bulk import bulk_update_rows
 from .email_address import allocate_email_addresses
 from .locking import advisory_lock, atomic_with_retry, skip_locked
 
@@ -57,10 +58,21 @@ def claim_pending_requests(*, limit: int | None = None) -> int:
 
 
 def create_default_accounts(persons: list[HrPerson]) -> None:
-    Account.objects.bulk_create(
-        [Account(person=p, system=system) for p in persons for system in settings.PROVISIONING_SYSTEMS],
-        ignore_conflicts=True,
-    )
+    """A `not_created` Account per person and system, in one INSERT … SELECT (existing rows are kept)."""
+    if not persons:
+        return
+    systems = settings.PROVISIONING_SYSTEMS
+    table, person_table = Account._meta.db_table, HrPerson._meta.db_table
+    system_rows = " UNION ALL ".join(["SELECT %s AS system"] * len(systems))
+    person_marks = ", ".join(["%s"] * len(persons))
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO "{table}" (person_id, system, status, external_id, error_message, created_at, updated_at) '
+            f"SELECT p.id, s.system, %s, '', '', %s, %s FROM \"{person_table}\" p, ({system_rows}) s "
+            f"WHERE p.id IN ({person_marks}) ON CONFLICT DO NOTHING",
+            [Account.Status.NOT_CREATED, now, now, *systems, *[p.pk for p in persons]],
+        )
 
 
 def _person_from_item(item: AccountCreationRequestItem, now) -> HrPerson:
@@ -125,13 +137,13 @@ def _sync_items_batch(batch_size: int) -> tuple[int, int, int]:
         created = list(HrPerson.objects.filter(employee_number__in=new_persons.keys()))
     create_default_accounts(created)
     if updated:
-        HrPerson.objects.bulk_update(updated.values(), API_UPDATED_FIELDS)
+        bulk_update_rows(list(updated.values()), API_UPDATED_FIELDS)
     persons = {**existing, **{p.employee_number: p for p in created}}
     for item in items:
         item.hr_person = persons[item.employee_number]
         item.status = AccountCreationRequestItem.Status.SYNCED
         item.updated_at = now
-    AccountCreationRequestItem.objects.bulk_update(items, ["hr_person", "status", "updated_at"])
+    bulk_update_rows(items, ["hr_person", "status", "updated_at"])
     return len(items), len(created), len(updated)
 
 
@@ -211,7 +223,7 @@ def _upsert_hr_page(records: list[dict]) -> int:
         created = list(HrPerson.objects.filter(employee_number__in=[p.employee_number for p in new_persons]))
     create_default_accounts(created)
     if changed:
-        HrPerson.objects.bulk_update(changed, [*HR_FIELDS, "last_update_date", "last_updated_by"])
+        bulk_update_rows(changed, [*HR_FIELDS, "last_update_date", "last_updated_by"])
     return len(by_number)
 
 
