@@ -59,19 +59,23 @@ def bulk_update_rows(objs: list[Model], fields: list[str]) -> int:
         return cursor.rowcount
 
 
-def bulk_insert_rows(objs: list[Model], fields: list[str]) -> None:
-    """Insert the objects' `fields` in one statement (no primary keys come back)."""
+def bulk_insert_rows(objs: list[Model], fields: list[str] | None = None, *, ignore_conflicts: bool = False) -> None:
+    """Insert the objects in one statement (no primary keys come back); `fields` defaults to every column
+    but the primary key, so set auto_now fields yourself. With `ignore_conflicts`, rows that would break a
+    unique constraint are skipped (ON CONFLICT DO NOTHING)."""
     if not objs:
         return
     model = type(objs[0])
     if connection.vendor != "postgresql":
-        model._default_manager.bulk_create(objs)
+        model._default_manager.bulk_create(objs, ignore_conflicts=ignore_conflicts)
         return
     meta = model._meta
-    columns = [meta.get_field(name) for name in fields]
+    columns = ([meta.get_field(name) for name in fields] if fields is not None
+               else [field for field in meta.concrete_fields if not field.primary_key])
     adapters = [_adapter(field) for field in columns]
     template = "(" + ", ".join(["%s"] * len(columns)) + ")"
     names = ", ".join(f'"{field.column}"' for field in columns)
     with connection.cursor() as cursor:
         values = _values_sql(cursor, template, [_row_values(obj, columns, adapters) for obj in objs])
-        cursor.execute(f'INSERT INTO "{meta.db_table}" ({names}) VALUES {values}')
+        conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+        cursor.execute(f'INSERT INTO "{meta.db_table}" ({names}) VALUES {values}{conflict}')

@@ -106,12 +106,15 @@ def _sync_items_batch(batch_size: int) -> tuple[int, int, int]:
                 status=AccountCreationRequestItem.Status.PENDING,
                 request__status=AccountCreationRequest.Status.PROCESSING,
             )
-            .select_related("request")
             .order_by("-request__priority", "request_id", "id")
         )[:batch_size]
     )
     if not items:
         return 0, 0, 0
+    # A batch holds few requests: fetch each once rather than joining it onto every item.
+    requests = {r.pk: r for r in AccountCreationRequest.objects.filter(pk__in={i.request_id for i in items})}
+    for item in items:
+        item.request = requests[item.request_id]
     existing = {p.employee_number: p for p in HrPerson.objects.filter(
         employee_number__in={item.employee_number for item in items})}
     new_persons: dict[str, HrPerson] = {}

@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask, HrPerson
+from .bulk import bulk_insert_rows
 from .locking import atomic_with_retry, skip_locked
 from .rollup import rollup_items_for_persons
 
@@ -31,52 +32,74 @@ def _open_task_keys(person_ids) -> set[tuple[int, str]]:
                .values_list("person_id", "system"))
 
 
-def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]]) -> int:
-    """Create tasks for (person, system) → (request item, priority) and mark their accounts creating."""
+def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]],
+                 accounts: dict[tuple[int, str], tuple[int, str]]) -> int:
+    """Create tasks for (person, system) → (request item, priority) and mark their accounts creating.
+
+    `accounts` maps (person, system) to (account id, status) for the persons concerned.
+    """
     if not wanted:
         return 0
     now = timezone.now()
     max_attempts = settings.TASK_MAX_ATTEMPTS
-    Account.objects.bulk_create([Account(person_id=p, system=s) for p, s in wanted], ignore_conflicts=True)
-    Task.objects.bulk_create(
-        [Task(person_id=p, system=s, request_item_id=item_id, priority=priority, max_attempts=max_attempts,
-              next_attempt_at=now) for (p, s), (item_id, priority) in wanted.items()],
-        ignore_conflicts=True,  # a concurrent copy opened the same task: one open task is what we want
-    )
-    by_system: dict[str, list[int]] = {}
-    for person_id, system in wanted:
-        by_system.setdefault(system, []).append(person_id)
-    for system, person_ids in by_system.items():
-        Account.objects.filter(person_id__in=person_ids, system=system).exclude(
-            status=Account.Status.CREATED).update(status=Account.Status.CREATING, error_message="", updated_at=now)
+    missing = [Account(person_id=p, system=s, created_at=now, updated_at=now) for p, s in wanted
+               if (p, s) not in accounts]
+    # A concurrent copy may open the same task: one open task is what we want, so conflicts are skipped.
+    bulk_insert_rows([
+        Task(person_id=p, system=s, request_item_id=item_id, priority=priority, max_attempts=max_attempts,
+             next_attempt_at=now, created_at=now, updated_at=now)
+        for (p, s), (item_id, priority) in wanted.items()
+    ], ignore_conflicts=True)
+    bulk_insert_rows(missing, ignore_conflicts=True)
+    marked = Q(pk__in=[accounts[key][0] for key in wanted if key in accounts])
+    if missing:
+        for system in {s for _, s in wanted}:
+            marked |= Q(system=system, person_id__in=[p for p, s in wanted if s == system and (p, s) not in accounts])
+    Account.objects.filter(marked).exclude(status=Account.Status.CREATED).update(
+        status=Account.Status.CREATING, error_message="", updated_at=now)
     return len(wanted)
+
+
+def _accounts_of(person_ids) -> dict[tuple[int, str], tuple[int, str]]:
+    return {(p, s): (pk, status) for pk, p, s, status in
+            Account.objects.filter(person_id__in=person_ids).values_list("id", "person_id", "system", "status")}
 
 
 def _tasks_for_items_batch(batch_size: int) -> tuple[int, int, int]:
     items = list(
         skip_locked(
             Item.objects.filter(status=Item.Status.SYNCED, request__status=AccountCreationRequest.Status.PROCESSING)
-            .select_related("request").order_by("-request__priority", "request_id", "id")
+            .order_by("-request__priority", "request_id", "id")
+            .only("id", "request_id", "hr_person_id", "status")
         )[:batch_size]
     )
     if not items:
         return 0, 0, 0
+    requests = {r.pk: r for r in AccountCreationRequest.objects.filter(pk__in={i.request_id for i in items})
+                .only("id", "system_list", "priority")}
     person_ids = {item.hr_person_id for item in items}
-    created_accounts = set(Account.objects.filter(person_id__in=person_ids, status=Account.Status.CREATED)
-                           .values_list("person_id", "system"))
+    accounts = _accounts_of(person_ids)
     open_tasks = _open_task_keys(person_ids)
     wanted: dict[tuple[int, str], tuple[int, int]] = {}
+    without_new_task = set()
     for item in items:
-        for system in item.request.system_list:
+        request = requests[item.request_id]
+        opened = False
+        for system in request.system_list:
             key = (item.hr_person_id, system)
-            if key in created_accounts or key in open_tasks or key in wanted:
+            created = accounts.get(key, (None, ""))[1] == Account.Status.CREATED
+            if created or key in open_tasks or key in wanted:
                 continue
-            wanted[key] = (item.pk, item.request.priority)
-    created = _start_tasks(wanted)
+            wanted[key] = (item.pk, request.priority)
+            opened = True
+        if not opened:
+            without_new_task.add(item.hr_person_id)
+    created = _start_tasks(wanted, accounts)
     Item.objects.filter(pk__in=[item.pk for item in items]).update(
         status=Item.Status.TASK_CREATED, updated_at=timezone.now())
-    # Items whose accounts all exist already (or whose tasks another request opened and finished) end now.
-    done = rollup_items_for_persons(person_ids)
+    # Items that needed no new task may be done already: their accounts exist, or another request's tasks
+    # ended. (An item with a task just opened cannot be.)
+    done = rollup_items_for_persons(without_new_task)
     return len(items), created, done
 
 
@@ -107,7 +130,8 @@ def _hr_accounts_needing_tasks():
 
 def _tasks_for_hr_batch(batch_size: int) -> int:
     accounts = list(skip_locked(_hr_accounts_needing_tasks().order_by("id"))[:batch_size])
-    return _start_tasks({(a.person_id, a.system): (None, 0) for a in accounts})
+    return _start_tasks({(a.person_id, a.system): (None, 0) for a in accounts},
+                        {(a.person_id, a.system): (a.pk, a.status) for a in accounts})
 
 
 def create_tasks_for_hr_persons(*, limit: int | None = None) -> int:
