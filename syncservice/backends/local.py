@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..models import LocalTargetAccount
@@ -50,22 +51,21 @@ class LocalBackend(TargetBackend):
         injected = self._inject(person, state)
         if injected is not None:
             return injected
-        existing = LocalTargetAccount.objects.filter(system=self.system,
-                                                     employee_number=person.employee_number).first()
-        if existing is not None:
-            return Outcome.linked(existing.external_id, message="account already existed")
-        try:
-            with transaction.atomic():
-                account = LocalTargetAccount.objects.create(
-                    system=self.system, employee_number=person.employee_number,
-                    external_id=f"{self.system}-{uuid.uuid4().hex[:16]}", email=person.email or "",
-                    full_name=person.full_name,
-                )
-        except IntegrityError:
-            # Another worker created it between our lookup and our insert: that is our account.
-            account = LocalTargetAccount.objects.get(system=self.system, employee_number=person.employee_number)
-            return Outcome.linked(account.external_id, message="account already existed")
-        return Outcome.created(account.external_id)
+        # Create-if-absent in one statement, like a target's idempotent create: an account that exists
+        # already (a retry after a lost answer, another worker first) is linked, never made twice.
+        external_id = f"{self.system}-{uuid.uuid4().hex[:16]}"
+        table = LocalTargetAccount._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO "{table}" (system, employee_number, external_id, email, full_name, created_at) '
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (system, employee_number) DO NOTHING",
+                [self.system, person.employee_number, external_id, person.email or "", person.full_name,
+                 timezone.now()],
+            )
+            if cursor.rowcount == 1:
+                return Outcome.created(external_id)
+        existing = LocalTargetAccount.objects.get(system=self.system, employee_number=person.employee_number)
+        return Outcome.linked(existing.external_id, message="account already existed")
 
 
 class LocalIdaasBackend(LocalBackend):
