@@ -2,12 +2,15 @@
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
 
+from syncservice.api.parsers import PayloadTooLarge
 from syncservice.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -56,9 +59,14 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        # Django refuses a body past DATA_UPLOAD_MAX_MEMORY_SIZE before the parser sees it: still a 413.
+        exc = PayloadTooLarge(f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+    elif isinstance(exc, SuspiciousOperation):
+        exc = exceptions.ParseError(f"The request was refused: {exc}")
     response = exception_handler(exc, context)
     if response is None:
-        return None  # Unknown exceptions stay 500s, logged by Django.
+        return _server_error(exc, context)
     code = next((c for cls, c in DRF_CODES.items() if type(exc) is cls), None)
     if code is None:
         code = getattr(exc, "default_code", "error")
@@ -68,3 +76,17 @@ def api_exception_handler(exc, context):
         message = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else "The request failed."
         response.data = error_body(code, message)
     return response
+
+
+def _server_error(exc, context):
+    """An unexpected exception: a 500 in the API's error shape, logged with its traceback like Django would.
+
+    With DEBUG on it propagates instead, to Django's technical error page.
+    """
+    if settings.DEBUG:
+        return None
+    request = context.get("request")
+    path = getattr(request, "path", "?")
+    logger.error("Internal Server Error: %s", path, exc_info=(type(exc), exc, exc.__traceback__))
+    set_rollback()
+    return Response(error_body("server_error", "An unexpected error occurred; it has been logged."), status=500)

@@ -32,22 +32,68 @@ PRIORITY_MIN = -10
 PRIORITY_MAX = 10
 CALLBACK_URL_MAX = 2048
 
+PHONE_RAW_MAX = PHONE_MAX + 10  # room for separators: "+86 (138) 0013-8001"
+
+
+def _char_class(ranges: list[tuple[int, int]]) -> str:
+    r"""The inside of a regex character class, as \uXXXX escapes that Python, ECMA-262 and the JSON Schema
+    validators all read the same way."""
+    return "".join(f"\\u{lo:04x}" if lo == hi else f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in ranges)
+
+
+# Control characters, invisible formatting (zero-width, bidi marks and overrides, BOM, the combining grapheme
+# joiner), the Hangul fillers that render as nothing, and lone surrogates: never meaningful in a name or a
+# key, and a classic way to make two values look alike or a name look empty.
+FORBIDDEN_CHAR_RANGES = [
+    (0x00, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x34F, 0x34F), (0x61C, 0x61C), (0x115F, 0x1160),
+    (0x180E, 0x180E), (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF9, 0xFFFB),
+]
+SURROGATE_RANGE = (0xD800, 0xDFFF)  # cannot be written in a schema pattern: no JSON Schema validator can hold one
+# The whitespace that is left once the forbidden characters are out (what str.strip() removes around text).
+WHITESPACE_RANGES = [(0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A), (0x202F, 0x202F),
+                     (0x205F, 0x205F), (0x3000, 0x3000)]
+_F = _char_class(FORBIDDEN_CHAR_RANGES)
+_W = _char_class(WHITESPACE_RANGES)
+_S = f"[{_W}\\-()]"  # phone separators: whitespace, '-' and parentheses
+
+# Patterns the published schema states and the validation below enforces, on the value as sent.
+# Identifiers: exactly these characters, nothing around them.
 ORIGIN_SYSTEM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 EMPLOYEE_NUMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# Free text: no forbidden character, and (when required) at least one visible one; whitespace around it is
+# dropped before storing.
+TEXT_PATTERN = f"^[^{_F}]*[^{_F}{_W}][^{_F}]*$"
+OPTIONAL_TEXT_PATTERN = f"^[^{_F}]*$"
+# A mainland mobile (optionally +86) or a '+'-prefixed international number, separators anywhere.
+PHONE_PATTERN = f"^{_S}*(1{_S}*[3-9]({_S}*[0-9]){{9}}|\\+{_S}*[1-9]({_S}*[0-9]){{6,14}}){_S}*$"
+# Blank (no callback) or an http(s) URL without whitespace; the callback policy checks the rest.
+CALLBACK_URL_PATTERN = f"^[{_W}]*$|^[{_W}]*[hH][tT][tT][pP][sS]?://[^{_F}{_W}]+[{_W}]*$"
+REQUEST_ID_PATTERN = r"^req_[0-9]{8}_[0-9a-f]{12}$"
 MAINLAND_MOBILE_PATTERN = r"^1[3-9][0-9]{9}$"
 INTERNATIONAL_PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 
 ORIGIN_SYSTEM_RE = re.compile(ORIGIN_SYSTEM_PATTERN)
+REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 _employee_number_re = re.compile(EMPLOYEE_NUMBER_PATTERN)
+_phone_re = re.compile(PHONE_PATTERN)
 _mainland_re = re.compile(MAINLAND_MOBILE_PATTERN)
 _international_re = re.compile(INTERNATIONAL_PHONE_PATTERN)
-_phone_separators_re = re.compile(r"[ \-()]")
-# Control characters, invisible formatting (zero-width, bidi marks and overrides, BOM) and lone surrogates:
-# never meaningful in a name or a key, and a classic way to make two values look alike.
-_forbidden_chars_re = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
-    "\ud800-\udfff]"
-)
+_phone_separators_re = re.compile(r"[\s\-()]")
+_forbidden_chars_re = re.compile(f"[{_F}{_char_class([SURROGATE_RANGE])}]")
+KEY_DISPLAY_MAX = 64
+
+
+def has_forbidden_chars(value: str) -> bool:
+    return _forbidden_chars_re.search(value) is not None
+
+
+def describe_key(key) -> str:
+    """A caller's unknown key as it may be echoed in an error: short, printable and encodable."""
+    text = str(key)
+    shown = _forbidden_chars_re.sub(lambda m: f"\\u{ord(m.group()):04x}", text[:KEY_DISPLAY_MAX])
+    return shown + ("…" if len(text) > KEY_DISPLAY_MAX else "")
+
 
 TOP_LEVEL_FIELDS = {
     "originSystem", "businessKey", "accountType", "employeeType", "systemList", "userList",
@@ -79,6 +125,11 @@ class _Errors:
 
 def _text(errors: _Errors, data: dict, key: str, path: str, *, max_length: int, required: bool,
           pattern: re.Pattern | None = None, pattern_message: str = "") -> str:
+    """One string field, checked as the schema states it: length and characters of the value as sent.
+
+    With a `pattern` (identifiers) the value must match exactly, surrounding whitespace included; free text
+    loses its surrounding whitespace and is stored in normal form C. An optional field may be null.
+    """
     value = data.get(key)
     if value is None:
         if required:
@@ -87,33 +138,38 @@ def _text(errors: _Errors, data: dict, key: str, path: str, *, max_length: int, 
     if not isinstance(value, str):
         errors.add(path, "invalid_type", "Must be a string.")
         return ""
-    value = value.strip()
-    if not value:
-        if required:
-            errors.add(path, "blank", "May not be blank.")
+    if len(value) > max_length:
+        errors.add(path, "too_long", f"At most {max_length} characters.")
         return ""
     if _forbidden_chars_re.search(value):
         errors.add(path, "invalid_characters", "Contains control or invisible formatting characters.")
         return ""
+    if not value.strip():
+        if required:
+            errors.add(path, "blank", "May not be blank.")
+        return ""
+    if pattern is not None:
+        if not pattern.fullmatch(value):
+            errors.add(path, "invalid_format", pattern_message)
+            return ""
+        return value
+    value = value.strip()
     if not unicodedata.is_normalized("NFC", value):
         value = unicodedata.normalize("NFC", value)
-    if len(value) > max_length:
-        errors.add(path, "too_long", f"At most {max_length} characters.")
-        return ""
-    if pattern is not None and not pattern.match(value):
-        errors.add(path, "invalid_format", pattern_message)
-        return ""
+        if len(value) > max_length:  # a few characters expand under NFC; the column holds max_length
+            errors.add(path, "too_long", f"At most {max_length} characters in normal form C.")
+            return ""
     return value
 
 
 def normalize_phone(value: str) -> str | None:
     """Return the phone number in its stored form, or None when it is not a valid number."""
     compact = _phone_separators_re.sub("", value)
-    if _mainland_re.match(compact):
+    if _mainland_re.fullmatch(compact):
         return compact
-    if compact.startswith("+86") and _mainland_re.match(compact[3:]):
+    if compact.startswith("+86") and _mainland_re.fullmatch(compact[3:]):
         return compact[3:]
-    if _international_re.match(compact):
+    if _international_re.fullmatch(compact):
         return compact
     return None
 
@@ -123,8 +179,8 @@ def _validate_user(errors: _Errors, user, index: int) -> dict | None:
     if not isinstance(user, dict):
         errors.add(prefix, "invalid_type", "Each user must be an object.")
         return None
-    for key in user.keys() - USER_FIELDS:
-        errors.add(f"{prefix}.{key}", "unknown_field", "Unknown field.")
+    for key in sorted(user.keys() - USER_FIELDS):
+        errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "Unknown field.")
     employee_number = _text(
         errors, user, "employeeNumber", f"{prefix}.employeeNumber", max_length=EMPLOYEE_NUMBER_MAX, required=True,
         pattern=_employee_number_re,
@@ -134,7 +190,7 @@ def _validate_user(errors: _Errors, user, index: int) -> dict | None:
                           max_length=EMPLOYEE_NAME_MAX, required=True)
     department_code = _text(errors, user, "departmentCode", f"{prefix}.departmentCode",
                             max_length=DEPARTMENT_CODE_MAX, required=True)
-    raw_phone = _text(errors, user, "phoneNumber", f"{prefix}.phoneNumber", max_length=PHONE_MAX + 10,
+    raw_phone = _text(errors, user, "phoneNumber", f"{prefix}.phoneNumber", max_length=PHONE_RAW_MAX,
                       required=True)
     phone = ""
     if raw_phone:
@@ -160,6 +216,8 @@ def _validate_priority(errors: _Errors, data: dict) -> int | None:
     value = data.get("priority")
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema counts 5.0 as an integer, and so does the API
     if isinstance(value, bool) or not isinstance(value, int):
         errors.add("priority", "invalid_type", "Must be an integer.")
         return None
@@ -280,6 +338,13 @@ def _validate_callback_url(errors: _Errors, data: dict) -> str:
     if not isinstance(value, str):
         errors.add("callbackUrl", "invalid_type", "Must be a string.")
         return ""
+    # Length and characters of the value as sent, as the schema states them; the policy checks the rest.
+    if len(value) > CALLBACK_URL_MAX:
+        errors.add("callbackUrl", "invalid_callback_url", f"At most {CALLBACK_URL_MAX} characters.")
+        return ""
+    if _forbidden_chars_re.search(value):
+        errors.add("callbackUrl", "invalid_callback_url", "Must not contain spaces or control characters.")
+        return ""
     value = value.strip()
     if not value:
         return ""
@@ -297,7 +362,7 @@ def validate_create_accounts(data) -> ValidatedBatch:
         raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
     errors = _Errors()
     for key in sorted(data.keys() - TOP_LEVEL_FIELDS):
-        errors.add(key, "unknown_field", "Unknown field.")
+        errors.add(describe_key(key), "unknown_field", "Unknown field.")
 
     origin_system = _text(errors, data, "originSystem", "originSystem", max_length=ORIGIN_SYSTEM_MAX,
                           required=True, pattern=ORIGIN_SYSTEM_RE,

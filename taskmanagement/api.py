@@ -1,16 +1,25 @@
 """POST /task-management/<stage>/ runs a stage now; GET /task-management/runs/ lists stage runs."""
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from syncservice.api.permissions import IsOperatorOrStaff
-from syncservice.api.serializers import ErrorSerializer
+from syncservice.api.query import QueryParams
+from syncservice.api.schema import (
+    BODY_ERRORS,
+    PAGE_SIZE_DEFAULT,
+    PAGE_SIZE_MAX,
+    RETRY_AFTER_HEADER,
+    error_responses,
+    page_parameters,
+)
+from syncservice.api.serializers import StrictSerializer
 from syncservice.errors import PayloadInvalid, ServiceError
 from syncservice.selectors import iso_utc
+from syncservice.validation import describe_key
 
 from .models import TaskRun
 from .services import stage_run
@@ -40,7 +49,7 @@ def run_document(run: TaskRun) -> dict:
     }
 
 
-class RunSerializer(serializers.Serializer):
+class RunSerializer(StrictSerializer):
     id = serializers.IntegerField()
     stage = serializers.ChoiceField(choices=TaskRun.Stage.choices)
     trigger = serializers.ChoiceField(choices=TaskRun.Trigger.choices)
@@ -56,7 +65,7 @@ class RunSerializer(serializers.Serializer):
     triggeredBy = serializers.CharField()
 
 
-class StageInputSerializer(serializers.Serializer):
+class StageInputSerializer(StrictSerializer):
     mode = serializers.ChoiceField(choices=["run", "dry_run"], help_text="run, or dry_run to report only.")
 
 
@@ -76,7 +85,8 @@ class StageRunView(APIView):
             raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
         mode = data.get("mode")
         unknown = sorted(set(data) - {"mode"})
-        errors = [{"field": key, "code": "unknown_field", "message": "Unknown field."} for key in unknown]
+        errors = [{"field": describe_key(key), "code": "unknown_field", "message": "Unknown field."}
+                  for key in unknown]
         if mode not in ("run", "dry_run"):
             errors.insert(0, {"field": "mode", "code": "invalid_choice", "message": "Must be 'run' or 'dry_run'."})
         if errors:
@@ -93,9 +103,18 @@ class StageRunView(APIView):
 
 STAGE_SCHEMA = dict(
     request=StageInputSerializer,
-    responses={200: RunSerializer, 400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer,
-               500: ErrorSerializer},
+    parameters=[RETRY_AFTER_HEADER],
+    responses={200: RunSerializer, **error_responses(*BODY_ERRORS)},
+    description="Runs the stage synchronously and answers with its run; a failed stage answers 500 "
+                "(`stage_failed`, with the `runId`).",
 )
+
+
+class RunPageSerializer(StrictSerializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = RunSerializer(many=True)
 
 
 class SyncHrPersonsView(StageRunView):
@@ -125,9 +144,9 @@ class ProcessAccountTasksView(StageRunView):
 
 
 class RunPagination(PageNumberPagination):
-    page_size = 50
+    page_size = PAGE_SIZE_DEFAULT
     page_size_query_param = "page_size"
-    max_page_size = 200
+    max_page_size = PAGE_SIZE_MAX
 
 
 class RunListView(APIView):
@@ -135,21 +154,18 @@ class RunListView(APIView):
 
     @extend_schema(
         operation_id="list_stage_runs", summary="Stage runs, newest first",
-        parameters=[OpenApiParameter("stage", OpenApiTypes.STR, enum=TaskRun.Stage.values),
-                    OpenApiParameter("page", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT)],
-        responses={200: inline_serializer("RunPage", {
-            "count": serializers.IntegerField(), "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True), "results": RunSerializer(many=True)}),
-            401: ErrorSerializer, 403: ErrorSerializer},
+        parameters=[OpenApiParameter("stage", str, enum=TaskRun.Stage.values), *page_parameters(),
+                    RETRY_AFTER_HEADER],
+        responses={200: RunPageSerializer, **error_responses(400, 404)},
     )
     def get(self, request):
+        query = QueryParams(request)
+        stage = query.choice("stage", TaskRun.Stage.values)
+        query.integer("page", minimum=1)
+        query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
+        query.check()
         queryset = TaskRun.objects.order_by("-started_at", "-id")
-        stage = request.query_params.get("stage")
         if stage is not None:
-            if stage not in TaskRun.Stage.values:
-                raise PayloadInvalid("Unknown stage filter.", errors=[
-                    {"field": "stage", "code": "invalid_choice",
-                     "message": f"Must be one of: {', '.join(TaskRun.Stage.values)}."}])
             queryset = queryset.filter(stage=stage)
         paginator = RunPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)

@@ -1,13 +1,49 @@
 """The shared shape of the three stage commands: run once, print one line, exit non-zero on failure."""
 
+import logging
+import os
 import signal
+import socket
 import threading
+import time
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
+from django.db import DatabaseError, connection, connections
+from django.utils import timezone
 
 from .models import TaskRun
 from .services import stage_run
+
+logger = logging.getLogger(__name__)
+
+# After a database failure, how long to keep trying to record it (a restarting server answers within seconds).
+RECORD_FAILURE_TRIES = (0.5, 1.0, 2.0)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line: drivers spread theirs over several (psycopg2's hints)."""
+    return " ".join(str(exc).split())
+
+
+def record_lost_failure(*, stage: str, summary: str) -> None:
+    """Mark this process's unfinished run of `stage` failed, when the failure was the database itself.
+
+    The run could not record its own failure then; try again on fresh connections for a few seconds, so that
+    a database restart does not leave the run `running` for ever. Gives up quietly: the exit code and the
+    message already tell the scheduler.
+    """
+    if connection.in_atomic_block:
+        return  # called inside the caller's transaction (call_command in a test): not ours to reconnect
+    for pause in RECORD_FAILURE_TRIES:
+        connections.close_all()
+        try:
+            TaskRun.objects.filter(stage=stage, host=socket.gethostname(), pid=os.getpid(),
+                                   outcome=TaskRun.Outcome.RUNNING).update(
+                outcome=TaskRun.Outcome.FAILED, summary=summary[:4000], finished_at=timezone.now())
+            return
+        except DatabaseError:
+            time.sleep(pause)
+    logger.warning("could not record the failure of this %s run: the database is still unavailable", stage)
 
 
 class StageCommand(BaseCommand):
@@ -31,8 +67,10 @@ class StageCommand(BaseCommand):
             run = stage_run(stage=self.stage, trigger=TaskRun.Trigger.COMMAND, dry_run=dry_run, limit=limit,
                             **extra)
         except DatabaseError as exc:
-            raise CommandError(f"{self.stage} failed: database error: {exc}".strip()) from exc
+            message = f"{self.stage} failed: database error: {one_line(exc)}"
+            record_lost_failure(stage=self.stage, summary=message)
+            raise CommandError(message) from exc
         except Exception as exc:
-            raise CommandError(f"{self.stage} failed: {type(exc).__name__}: {exc}") from exc
+            raise CommandError(f"{self.stage} failed: {type(exc).__name__}: {one_line(exc)}") from exc
         prefix = "[dry run] " if dry_run else ""
         self.stdout.write(f"{prefix}{self.stage}: {run.summary}")

@@ -1,52 +1,27 @@
 """Serializers that describe the API's documents in the OpenAPI schema.
 
-Validation of create_accounts lives in ``syncservice.validation`` (one pass, every error); these classes
-state the same limits so that the published schema and the behaviour agree.
+Validation of create_accounts lives in ``syncservice.validation`` (one pass, every error); the schema of
+its body is built from the same constants in ``schema.py``, so the published schema and the behaviour agree.
 """
 
-from django.conf import settings
 from rest_framework import serializers
 
-from .. import validation as v
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem
 
 
+class StrictSerializer(serializers.Serializer):
+    """A document of the API: closed in the schema (schema.StrictSerializerExtension)."""
+
+
 class UserInputSerializer(serializers.Serializer):
-    employeeNumber = serializers.RegexField(v.EMPLOYEE_NUMBER_PATTERN, max_length=v.EMPLOYEE_NUMBER_MAX)
-    employeeName = serializers.CharField(max_length=v.EMPLOYEE_NAME_MAX)
-    departmentCode = serializers.CharField(max_length=v.DEPARTMENT_CODE_MAX)
-    phoneNumber = serializers.CharField(
-        max_length=v.PHONE_MAX + 10,
-        help_text="A mainland mobile number (11 digits, 13-19…) or an international number starting with '+'; "
-                  "spaces, '-' and parentheses are ignored.",
-    )
-    partnerCompany = serializers.CharField(max_length=v.PARTNER_COMPANY_MAX, required=False, allow_blank=True)
-    country = serializers.CharField(max_length=v.COUNTRY_MAX, required=False, allow_blank=True)
+    """One person of a batch; its schema is schema.user_input_schema(), built from the validation rules."""
 
 
 class CreateAccountsInputSerializer(serializers.Serializer):
-    originSystem = serializers.RegexField(v.ORIGIN_SYSTEM_PATTERN, max_length=v.ORIGIN_SYSTEM_MAX)
-    businessKey = serializers.CharField(max_length=v.BUSINESS_KEY_MAX)
-    accountType = serializers.CharField(max_length=v.ACCOUNT_TYPE_MAX)
-    employeeType = serializers.CharField(max_length=v.EMPLOYEE_TYPE_MAX)
-    systemList = serializers.ListField(
-        child=serializers.ChoiceField(choices=["idaas", "welink", "email"]), min_length=1, max_length=3,
-        help_text="Target systems, each at most once.",
-    )
-    userList = UserInputSerializer(many=True, min_length=1, max_length=settings.MAX_USERS_PER_REQUEST)
-    priority = serializers.IntegerField(
-        min_value=v.PRIORITY_MIN, max_value=v.PRIORITY_MAX, required=False,
-        help_text="Higher runs first; defaults to the client's priority.",
-    )
-    callbackUrl = serializers.URLField(
-        max_length=v.CALLBACK_URL_MAX, required=False, allow_blank=True,
-        help_text="Receives the final status document when the request ends, signed the Standard Webhooks way "
-                  "with the client's webhook secret. https only (plain http only for allow-listed hosts); no "
-                  "credentials in the URL; the host must resolve to public addresses.",
-    )
+    """The create_accounts body; its schema is schema.create_accounts_input_schema()."""
 
 
-class CreateAccountsResponseSerializer(serializers.Serializer):
+class CreateAccountsResponseSerializer(StrictSerializer):
     success = serializers.BooleanField()
     requestId = serializers.CharField()
     status = serializers.ChoiceField(choices=AccountCreationRequest.Status.choices)
@@ -54,13 +29,13 @@ class CreateAccountsResponseSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class HrPersonInfoSerializer(serializers.Serializer):
+class HrPersonInfoSerializer(StrictSerializer):
     employeeNumber = serializers.CharField()
     fullName = serializers.CharField()
     email = serializers.EmailField(allow_null=True)
 
 
-class ItemAccountSerializer(serializers.Serializer):
+class ItemAccountSerializer(StrictSerializer):
     system = serializers.CharField()
     status = serializers.ChoiceField(choices=Account.Status.choices)
     status_display = serializers.CharField()
@@ -68,7 +43,7 @@ class ItemAccountSerializer(serializers.Serializer):
     error = serializers.CharField(allow_null=True)
 
 
-class RequestItemSerializer(serializers.Serializer):
+class RequestItemSerializer(StrictSerializer):
     id = serializers.IntegerField()
     employeeNumber = serializers.CharField()
     employeeName = serializers.CharField()
@@ -85,7 +60,7 @@ class RequestItemSerializer(serializers.Serializer):
     updatedAt = serializers.DateTimeField()
 
 
-class RequestSummarySerializer(serializers.Serializer):
+class RequestSummarySerializer(StrictSerializer):
     requestId = serializers.CharField()
     originSystem = serializers.CharField()
     businessKey = serializers.CharField()
@@ -107,15 +82,37 @@ class RequestDetailSerializer(RequestSummarySerializer):
     items = RequestItemSerializer(many=True)
 
 
-class ErrorDetailSerializer(serializers.Serializer):
+class ErrorDetailSerializer(StrictSerializer):
     field = serializers.CharField(help_text="JSON path of the offending field, e.g. userList[3].phoneNumber.")
     code = serializers.CharField()
     message = serializers.CharField()
 
 
-class ErrorSerializer(serializers.Serializer):
-    success = serializers.BooleanField(default=False)
+class ErrorSerializer(StrictSerializer):
+    success = serializers.BooleanField(help_text="Always false.")
     code = serializers.CharField(help_text="Machine-readable error code.")
     message = serializers.CharField()
-    errors = ErrorDetailSerializer(many=True)
+    errors = ErrorDetailSerializer(many=True, help_text="One entry per invalid field; empty for other errors.")
     requestId = serializers.CharField(required=False, help_text="On business_key_conflict: the existing request.")
+    runId = serializers.IntegerField(required=False, allow_null=True,
+                                     help_text="On stage_failed: the failed stage run, when it was recorded.")
+
+
+class RequestPageSerializer(StrictSerializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = RequestSummarySerializer(many=True)
+
+
+class ActionResponseSerializer(StrictSerializer):
+    success = serializers.BooleanField()
+    requestId = serializers.CharField()
+    status = serializers.ChoiceField(choices=AccountCreationRequest.Status.choices)
+    status_display = serializers.CharField()
+    message = serializers.CharField()
+
+
+# Import the schema extensions with the serializers they describe, so that they are registered before any
+# schema is generated.
+from . import schema  # noqa: E402,F401

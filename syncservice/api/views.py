@@ -1,26 +1,42 @@
 """The intake and status endpoints origin systems call."""
 
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import selectors
-from ..errors import PayloadInvalid
+from ..errors import RequestNotFound
 from ..models import AccountCreationRequest
 from ..services.intake import request_submit
 from ..services.lifecycle import request_cancel, request_retry
-from ..validation import validate_create_accounts
+from ..validation import (
+    BUSINESS_KEY_MAX,
+    OPTIONAL_TEXT_PATTERN,
+    REQUEST_ID_PATTERN,
+    REQUEST_ID_RE,
+    describe_key,
+    validate_create_accounts,
+)
 from .permissions import CanReadRequests, IsOriginClient
+from .query import QueryParams
+from .schema import (
+    BODY_ERRORS,
+    PAGE_SIZE_DEFAULT,
+    PAGE_SIZE_MAX,
+    REQUEST_ID_PARAMETER,
+    RETRY_AFTER_HEADER,
+    error_responses,
+    page_parameters,
+)
 from .serializers import (
+    ActionResponseSerializer,
     CreateAccountsInputSerializer,
     CreateAccountsResponseSerializer,
-    ErrorSerializer,
     RequestDetailSerializer,
-    RequestSummarySerializer,
+    RequestPageSerializer,
 )
 
 NOTE_EXAMPLE = {
@@ -40,10 +56,11 @@ NOTE_EXAMPLE = {
 SUBMITTED_MESSAGE = "请求已提交，正在处理中"
 RESUBMITTED_MESSAGE = "该业务键的请求已存在，返回原请求"
 
-ERROR_RESPONSES = {
-    400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer,
-    409: ErrorSerializer, 413: ErrorSerializer, 415: ErrorSerializer, 429: ErrorSerializer,
-}
+LOCATION_HEADER = OpenApiParameter(
+    "Location", {"type": "string", "pattern": f"^/account-creation/requests/{REQUEST_ID_PATTERN[1:-1]}/$"},
+    OpenApiParameter.HEADER, required=True, response=[200, 202],
+    description="The status URL of the request.",
+)
 
 
 def status_url(request_id: str) -> str:
@@ -57,12 +74,18 @@ class CreateAccountsView(APIView):
         operation_id="create_accounts",
         summary="Submit a batch of people to provision",
         request=CreateAccountsInputSerializer,
-        responses={202: CreateAccountsResponseSerializer, 200: CreateAccountsResponseSerializer, **ERROR_RESPONSES},
+        parameters=[LOCATION_HEADER, RETRY_AFTER_HEADER],
+        responses={
+            202: OpenApiResponse(CreateAccountsResponseSerializer, description="Stored; processing follows."),
+            200: OpenApiResponse(CreateAccountsResponseSerializer,
+                                 description="The same batch was submitted before: the original request."),
+            **error_responses(*BODY_ERRORS, 409),
+        },
         examples=[OpenApiExample("The design note's example", value=NOTE_EXAMPLE, request_only=True)],
         description=(
             "Validates the whole batch, stores it and answers 202 with the requestId and a Location header "
             "pointing at the status URL. The same (originSystem, businessKey) with the same payload answers 200 "
-            "with the original request; with a different payload, 409."
+            "with the original request; with a different payload, 409. Unknown fields are refused."
         ),
     )
     def post(self, request):
@@ -82,23 +105,30 @@ class CreateAccountsView(APIView):
         )
 
 
+def visible_request(request, request_id: str) -> AccountCreationRequest:
+    """The request the caller may see, or 404; a malformed id is refused before it reaches the database."""
+    if not REQUEST_ID_RE.fullmatch(request_id):
+        raise RequestNotFound(f"No request {describe_key(request_id)!r}.")
+    return selectors.request_get(client=request.user, request_id=request_id)
+
+
 class RequestDetailView(APIView):
     permission_classes = [CanReadRequests]
 
     @extend_schema(
         operation_id="get_request",
         summary="The status of a request, with every item",
-        responses={200: RequestDetailSerializer, **ERROR_RESPONSES},
+        parameters=[REQUEST_ID_PARAMETER, RETRY_AFTER_HEADER],
+        responses={200: RequestDetailSerializer, **error_responses(404)},
     )
     def get(self, request, request_id: str):
-        account_request = selectors.request_get(client=request.user, request_id=request_id)
-        return Response(selectors.request_document(account_request))
+        return Response(selectors.request_document(visible_request(request, request_id)))
 
 
 class RequestPagination(PageNumberPagination):
-    page_size = 50
+    page_size = PAGE_SIZE_DEFAULT
     page_size_query_param = "page_size"
-    max_page_size = 200
+    max_page_size = PAGE_SIZE_MAX
 
 
 class RequestListView(APIView):
@@ -108,46 +138,29 @@ class RequestListView(APIView):
         operation_id="list_requests",
         summary="The caller's requests, newest first",
         parameters=[
-            OpenApiParameter("status", OpenApiTypes.STR, enum=AccountCreationRequest.Status.values),
-            OpenApiParameter("businessKey", OpenApiTypes.STR),
-            OpenApiParameter("page", OpenApiTypes.INT),
-            OpenApiParameter("page_size", OpenApiTypes.INT, description="At most 200."),
+            OpenApiParameter("status", str, enum=AccountCreationRequest.Status.values),
+            OpenApiParameter("businessKey", {"type": "string", "maxLength": BUSINESS_KEY_MAX,
+                                             "pattern": OPTIONAL_TEXT_PATTERN}),
+            *page_parameters(),
+            RETRY_AFTER_HEADER,
         ],
-        responses={
-            200: inline_serializer("RequestPage", {
-                "count": serializers.IntegerField(),
-                "next": serializers.URLField(allow_null=True),
-                "previous": serializers.URLField(allow_null=True),
-                "results": RequestSummarySerializer(many=True),
-            }),
-            **ERROR_RESPONSES,
-        },
+        responses={200: RequestPageSerializer, **error_responses(400, 404)},
     )
     def get(self, request):
+        query = QueryParams(request)
+        wanted_status = query.choice("status", AccountCreationRequest.Status.values)
+        business_key = query.text("businessKey", max_length=BUSINESS_KEY_MAX)
+        query.integer("page", minimum=1)
+        query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
+        query.check()
         queryset = selectors.requests_visible_to(request.user).order_by("-created_at", "-id")
-        wanted_status = request.query_params.get("status")
         if wanted_status is not None:
-            if wanted_status not in AccountCreationRequest.Status.values:
-                raise PayloadInvalid(
-                    "Unknown status filter.",
-                    errors=[{"field": "status", "code": "invalid_choice",
-                             "message": f"Must be one of: {', '.join(AccountCreationRequest.Status.values)}."}],
-                )
             queryset = queryset.filter(status=wanted_status)
-        business_key = request.query_params.get("businessKey")
         if business_key is not None:
             queryset = queryset.filter(business_key=business_key)
         paginator = RequestPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([selectors.request_summary(r) for r in page])
-
-
-class ActionResponseSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
-    requestId = serializers.CharField()
-    status = serializers.ChoiceField(choices=AccountCreationRequest.Status.choices)
-    status_display = serializers.CharField()
-    message = serializers.CharField()
 
 
 def action_body(account_request: AccountCreationRequest, message: str) -> dict:
@@ -165,7 +178,8 @@ class RequestCancelView(APIView):
 
     @extend_schema(
         operation_id="cancel_request", summary="Cancel a request", request=None,
-        responses={200: ActionResponseSerializer, **ERROR_RESPONSES},
+        parameters=[REQUEST_ID_PARAMETER, RETRY_AFTER_HEADER],
+        responses={200: ActionResponseSerializer, **error_responses(404, 409)},
         description=(
             "A pending request is cancelled at once. A processing one stops every task not yet started and "
             "ends `cancelled` once the calls in flight finish (status stays `processing` until then). "
@@ -173,8 +187,7 @@ class RequestCancelView(APIView):
         ),
     )
     def post(self, request, request_id: str):
-        account_request = selectors.request_get(client=request.user, request_id=request_id)
-        account_request = request_cancel(request=account_request)
+        account_request = request_cancel(request=visible_request(request, request_id))
         message = "请求已取消" if account_request.is_final else "正在取消：等待执行中的任务结束"
         return Response(action_body(account_request, message))
 
@@ -184,11 +197,11 @@ class RequestRetryView(APIView):
 
     @extend_schema(
         operation_id="retry_request", summary="Retry the failed items of a request", request=None,
-        responses={200: ActionResponseSerializer, **ERROR_RESPONSES},
+        parameters=[REQUEST_ID_PARAMETER, RETRY_AFTER_HEADER],
+        responses={200: ActionResponseSerializer, **error_responses(404, 409)},
         description="Failed items get fresh tasks (attempts from zero; the old attempts stay in the history) "
                     "and the request goes back to `processing`. Without failed items: 409.",
     )
     def post(self, request, request_id: str):
-        account_request = selectors.request_get(client=request.user, request_id=request_id)
-        account_request = request_retry(request=account_request)
+        account_request = request_retry(request=visible_request(request, request_id))
         return Response(action_body(account_request, "失败的用户已重新排队处理"))

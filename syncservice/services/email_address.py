@@ -29,9 +29,16 @@ MAX_LOCAL_BASE = 48
 FALLBACK_PREFIX = "user"
 
 
+# Latin letters that do not decompose into a base letter and a mark (NFKD leaves them whole).
+_LATIN_LETTERS = str.maketrans({
+    "ß": "ss", "ẞ": "ss", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ø": "o", "Ø": "o", "đ": "d", "Đ": "d",
+    "ð": "d", "Ð": "d", "ł": "l", "Ł": "l", "þ": "th", "Þ": "th", "ı": "i", "ħ": "h", "Ħ": "h",
+})
+
+
 def _ascii_fold(text: str) -> str:
-    """José Ñúñez → josenunez; characters with no Latin reading drop out."""
-    decomposed = unicodedata.normalize("NFKD", text)
+    """José Ñúñez → josenunez, Łukasz Søby → lukaszsoby; characters with no Latin reading drop out."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LATIN_LETTERS))
     return _not_local_re.sub("", "".join(c for c in decomposed if not unicodedata.combining(c)).lower())
 
 
@@ -48,8 +55,9 @@ def email_local_base(full_name: str, employee_number: str) -> str:
     parts += lazy_pinyin(name, style=Style.NORMAL, errors=lambda chars: _ascii_fold(chars))
     local = _not_local_re.sub("", "".join(parts).lower())[:MAX_LOCAL_BASE]
     if not local or local[0].isdigit():
-        # No reading at all (emoji, unknown script): fall back to the employee number.
-        local = FALLBACK_PREFIX + _not_local_re.sub("", employee_number.lower())
+        # No reading at all (emoji, unknown script): fall back to the employee number, cut like any base so
+        # that the local part stays within the 64 characters mail systems accept, suffix included.
+        local = (FALLBACK_PREFIX + _not_local_re.sub("", employee_number.lower()))[:MAX_LOCAL_BASE]
     return local.rstrip(".")
 
 

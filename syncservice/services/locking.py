@@ -6,7 +6,9 @@ import time
 import zlib
 
 from django.db import OperationalError, connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
+
+from ..models import AccountCreationRequest, AccountCreationRequestItem
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +65,19 @@ def _retryable(exc: Exception) -> bool:
         # 40P01 deadlock_detected, 40001 serialization_failure, 23505 unique_violation (a lost race).
         return pgcode in {"40P01", "40001", "23505"}
     return "locked" in str(exc) or "UNIQUE" in str(exc)
+
+
+def items_by_request_priority(status: str, *, requests_at_once: int = 20) -> QuerySet:
+    """Items with `status` of processing requests, highest-priority request first.
+
+    The candidate requests are chosen first (an index probe per request), so only their items are sorted:
+    sorting every matching item of the whole backlog on every batch would make a stage quadratic.
+    """
+    has_items = AccountCreationRequestItem.objects.filter(request=OuterRef("pk"), status=status)
+    request_ids = list(
+        AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PROCESSING)
+        .filter(Exists(has_items)).order_by("-priority", "created_at", "id")
+        .values_list("id", flat=True)[:requests_at_once]
+    )
+    return AccountCreationRequestItem.objects.filter(status=status, request_id__in=request_ids).order_by(
+        "-request__priority", "request__created_at", "request_id", "id")

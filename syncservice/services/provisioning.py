@@ -19,13 +19,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, connections
-from django.db.models import Case, F, Q, Value, When
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, connections
+from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from ..backends import get_backend
 from ..backends.base import Outcome, OutcomeKind, PersonSnapshot
 from ..models import Account, AccountCreationTask, TaskAttempt
+from .bulk import bulk_insert_rows, bulk_update_rows
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
 from .locking import atomic_with_retry, skip_locked
@@ -59,15 +60,28 @@ def _due(now):
             | Q(status=Task.Status.RUNNING, lease_expires_at__lt=now))
 
 
+def expire_leases(*, system: str, now) -> int:
+    """Hand back tasks whose worker's lease ran out (a worker killed mid-call): due again at once, as
+    `waiting` when the target had accepted an asynchronous create, else `pending`."""
+    return Task.objects.filter(system=system, status=Task.Status.RUNNING, lease_expires_at__lt=now).update(
+        status=Case(When(backend_state__has_key="submitted", then=Value(Task.Status.WAITING)),
+                    default=Value(Task.Status.PENDING)),
+        locked_by="", lease_token="", lease_expires_at=None, next_attempt_at=now, updated_at=now,
+    )
+
+
 def claim_due_tasks(*, system: str, limit: int, worker: str) -> tuple[str, list[Task]]:
     """Claim up to `limit` due tasks of one system; return the claim's lease token and the tasks."""
     token = uuid.uuid4().hex
 
     def claim():
         now = timezone.now()
+        expire_leases(system=system, now=now)
+        # Only pending and waiting rows: the claim index (task_due) serves this in order, whatever the backlog.
         tasks = list(
-            skip_locked(Task.objects.filter(_due(now), system=system).select_related("person")
-                        .order_by("-priority", "next_attempt_at", "id"))[:limit]
+            skip_locked(Task.objects.filter(system=system, status__in=[Task.Status.PENDING, Task.Status.WAITING],
+                                            next_attempt_at__lte=now)
+                        .select_related("person").order_by("-priority", "next_attempt_at", "id"))[:limit]
         )
         if not tasks:
             return []
@@ -133,6 +147,14 @@ def call_backend(task: Task, token: str) -> CallResult:
             else:
                 outcome = Outcome.transient("slot_busy", f"no free {task.system} call slot across the workers "
                                                          f"within {settings.TARGET_SLOT_WAIT_SECONDS:g} s")
+    except DatabaseError as exc:
+        # Our database failed (a restart, a dropped connection), not the target: one line, no traceback per
+        # task, and a fresh connection for this thread's next call instead of a dead one.
+        message = " ".join(str(exc).split())
+        logger.warning("database error during the %s call for task %s: %s", task.system, task.pk, message)
+        if not connection.in_atomic_block:
+            connection.close()
+        outcome = Outcome.transient("database_error", f"{type(exc).__name__}: {message}")
     except Exception as exc:  # a backend bug must not lose the task: record it and retry later
         logger.exception("backend %s raised for task %s", task.system, task.pk)
         outcome = Outcome.transient("exception", f"{type(exc).__name__}: {exc}")
@@ -216,8 +238,29 @@ def _reallocate_email(task: Task, outcome: Outcome) -> bool:
     return True
 
 
+ATTEMPT_FIELDS = ["task", "attempt_number", "outcome", "code", "message", "duration_ms", "worker", "started_at"]
 TASK_RESULT_FIELDS = ["status", "attempts", "backend_state", "locked_by", "lease_token", "lease_expires_at", "updated_at",
                       "finished_at", "next_attempt_at", "last_error_code", "last_error"]
+
+
+def forgive_lost_claims(results: list[CallResult]) -> None:
+    """Give back the attempts of claims whose worker died before recording anything (kill -9, a lost lease).
+
+    A claim counts an attempt before the call; a worker killed before it recorded the outcome leaves that
+    attempt counted with no TaskAttempt row, and prefetched tasks it never even called lose one too. Only a
+    transient failure at the attempt limit is judged by the count, so only those are looked at: the claims
+    without a row are given back, at most `max_attempts` of them, so that a task that kills every worker
+    that takes it still ends.
+    """
+    at_limit = [r.task for r in results
+                if r.outcome.kind == OutcomeKind.TRANSIENT and r.task.attempts >= r.task.max_attempts]
+    if not at_limit:
+        return
+    recorded = dict(TaskAttempt.objects.filter(task_id__in=[t.pk for t in at_limit]).values("task_id")
+                    .annotate(n=Count("id")).values_list("task_id", "n"))
+    for task in at_limit:
+        lost = task.attempts - 1 - recorded.get(task.pk, 0)  # this call's attempt has no row yet
+        task.attempts -= max(0, min(lost, task.max_attempts))
 
 
 def record_results(results: list[CallResult], *, worker: str, totals: ProcessResult) -> None:
@@ -234,8 +277,8 @@ def record_results(results: list[CallResult], *, worker: str, totals: ProcessRes
             verdicts.append(verdict)
             attempts.append(attempt)
         if kept:
-            Task.objects.bulk_update([r.task for r in kept], TASK_RESULT_FIELDS)
-            TaskAttempt.objects.bulk_create(attempts)
+            bulk_update_rows([r.task for r in kept], TASK_RESULT_FIELDS)
+            bulk_insert_rows(attempts, ATTEMPT_FIELDS)
             _update_accounts(kept, now)
             stopped = stop_retries_of_cancelled_requests(
                 [r.task.pk for r in kept if r.task.status == Task.Status.PENDING])
@@ -243,6 +286,7 @@ def record_results(results: list[CallResult], *, worker: str, totals: ProcessRes
                                                 (Task.Status.SUCCEEDED, Task.Status.FAILED)})
         return verdicts, len(results) - len(kept)
 
+    forgive_lost_claims(results)
     verdicts, fenced = atomic_with_retry(write, retry_on=(OperationalError, IntegrityError))
     for verdict in verdicts:
         setattr(totals, verdict, getattr(totals, verdict) + 1)
@@ -255,29 +299,26 @@ def _update_accounts(results: list[CallResult], now) -> None:
     final = [r for r in results if r.task.status in (Task.Status.SUCCEEDED, Task.Status.FAILED)]
     if not final:
         return
-    accounts = {
-        (a.person_id, a.system): a
-        for a in Account.objects.filter(
-            person_id__in={r.task.person_id for r in final}, system__in={r.task.system for r in final})
+    ids = {
+        (person_id, system): pk
+        for pk, person_id, system in Account.objects.filter(
+            person_id__in={r.task.person_id for r in final}, system__in={r.task.system for r in final},
+        ).values_list("id", "person_id", "system")
     }
     changed = []
     for result in final:
-        account = accounts.get((result.task.person_id, result.task.system))
-        if account is None:
+        task = result.task
+        pk = ids.get((task.person_id, task.system))
+        if pk is None:
             continue
-        if result.task.status == Task.Status.SUCCEEDED:
-            account.status = Account.Status.CREATED
-            account.external_id = result.outcome.external_id[:255]
-            account.error_message = ""
-            account.provisioned_at = account.provisioned_at or now
+        if task.status == Task.Status.SUCCEEDED:
+            changed.append(Account(pk=pk, status=Account.Status.CREATED, external_id=result.outcome.external_id[:255],
+                                   error_message="", provisioned_at=now, updated_at=now))
         else:
-            account.status = Account.Status.FAILED
-            code = result.task.last_error_code
-            account.error_message = f"[{code}] {result.task.last_error}" if code else result.task.last_error
-        account.updated_at = now
-        changed.append(account)
-    Account.objects.bulk_update(changed, ["status", "external_id", "error_message", "provisioned_at",
-                                          "updated_at"])
+            message = f"[{task.last_error_code}] {task.last_error}" if task.last_error_code else task.last_error
+            changed.append(Account(pk=pk, status=Account.Status.FAILED, external_id="", error_message=message,
+                                   provisioned_at=None, updated_at=now))
+    bulk_update_rows(changed, ["status", "external_id", "error_message", "provisioned_at", "updated_at"])
 
 
 def release_tasks(tasks: list[tuple[Task, str]]) -> int:
@@ -397,9 +438,11 @@ def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_se
                 limit is None or totals.claimed < limit)
             if may_claim:
                 for system, pool in pools.items():
-                    free = pool.size - pool.in_flight
-                    # Claim in chunks rather than one by one: fewer round trips, same concurrency.
-                    if system in exhausted or free < max(1, pool.size // 4):
+                    # Keep a queue of claimed tasks ahead of the threads (PROCESS_PREFETCH per thread) and
+                    # top it up in chunks: a claim's round trips are shared by many tasks.
+                    capacity = pool.size * settings.PROCESS_PREFETCH
+                    free = capacity - pool.in_flight
+                    if system in exhausted or free < max(1, capacity // 2):
                         continue
                     want = free if limit is None else min(free, limit - totals.claimed)
                     if want <= 0:

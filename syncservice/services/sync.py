@@ -13,7 +13,7 @@ from ..backends import get_hr_backend
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, HrSyncState
 from .bulk import bulk_update_rows
 from .email_address import allocate_email_addresses
-from .locking import advisory_lock, atomic_with_retry, skip_locked
+from .locking import advisory_lock, atomic_with_retry, items_by_request_priority, skip_locked
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +100,7 @@ API_UPDATED_FIELDS = ["full_name", "telephone_number1", "person_type", "employee
 
 def _sync_items_batch(batch_size: int) -> tuple[int, int, int]:
     now = timezone.now()
-    items = list(
-        skip_locked(
-            AccountCreationRequestItem.objects.filter(
-                status=AccountCreationRequestItem.Status.PENDING,
-                request__status=AccountCreationRequest.Status.PROCESSING,
-            )
-            .order_by("-request__priority", "request_id", "id")
-        )[:batch_size]
-    )
+    items = list(skip_locked(items_by_request_priority(AccountCreationRequestItem.Status.PENDING))[:batch_size])
     if not items:
         return 0, 0, 0
     # A batch holds few requests: fetch each once rather than joining it onto every item.

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask, HrPerson
 from .bulk import bulk_insert_rows
-from .locking import atomic_with_retry, skip_locked
+from .locking import atomic_with_retry, items_by_request_priority, skip_locked
 from .rollup import rollup_items_for_persons
 
 Item = AccountCreationRequestItem
@@ -66,13 +66,8 @@ def _accounts_of(person_ids) -> dict[tuple[int, str], tuple[int, str]]:
 
 
 def _tasks_for_items_batch(batch_size: int) -> tuple[int, int, int]:
-    items = list(
-        skip_locked(
-            Item.objects.filter(status=Item.Status.SYNCED, request__status=AccountCreationRequest.Status.PROCESSING)
-            .order_by("-request__priority", "request_id", "id")
-            .only("id", "request_id", "hr_person_id", "status")
-        )[:batch_size]
-    )
+    items = list(skip_locked(items_by_request_priority(Item.Status.SYNCED)
+                             .only("id", "request_id", "hr_person_id", "status"))[:batch_size])
     if not items:
         return 0, 0, 0
     requests = {r.pk: r for r in AccountCreationRequest.objects.filter(pk__in={i.request_id for i in items})

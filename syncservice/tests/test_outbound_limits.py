@@ -33,7 +33,7 @@ def welink_server():
     welink.stop(server)
 
 
-def drain_with_workers(env: dict, workers: int = 3, rounds: int = 10) -> None:
+def drain_with_workers(env: dict, workers: int = 3, rounds: int = 40) -> None:
     """Run `workers` process stages at once, again (as cron would) until no task is left open."""
     for _ in range(rounds):
         processes = [manage("process_account_creation_tasks", env=env) for _ in range(workers)]

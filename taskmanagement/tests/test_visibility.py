@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from config.logging import JsonFormatter, RedactingFilter, redact
-from syncservice.tests.fixtures import note_example, run_pipeline
+from syncservice.tests.fixtures import note_example, requires_postgres, run_pipeline
 from taskmanagement.models import TaskRun
 
 pytestmark = pytest.mark.django_db
@@ -111,6 +111,7 @@ def test_a_generated_request_id_is_returned(client):
     assert len(client.get("/healthz")["X-Request-ID"]) == 16
 
 
+@requires_postgres  # the stage runs in a subprocess against the test database
 @pytest.mark.django_db(transaction=True)
 def test_a_full_run_logs_no_secret_and_no_full_phone_number(hr_caller, settings):
     from syncservice.tests.test_concurrency import PROJECT, subprocess_env

@@ -1,0 +1,66 @@
+"""Query parameters checked as strictly as bodies: each named once, of its type, within its bounds."""
+
+import re
+
+from ..errors import PayloadInvalid
+from ..validation import has_forbidden_chars
+
+_INTEGER_RE = re.compile(r"-?[0-9]{1,12}")
+
+
+class QueryParams:
+    """Reads a request's query parameters, collecting every error; `check()` raises them in one 400."""
+
+    def __init__(self, request):
+        self.params = request.query_params
+        self.errors: list[dict] = []
+
+    def _error(self, name: str, code: str, message: str) -> None:
+        self.errors.append({"field": name, "code": code, "message": message})
+
+    def _single(self, name: str) -> str | None:
+        values = self.params.getlist(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            self._error(name, "repeated", "Give this parameter at most once.")
+            return None
+        return values[0]
+
+    def integer(self, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+        raw = self._single(name)
+        if raw is None:
+            return None
+        if not _INTEGER_RE.fullmatch(raw):
+            self._error(name, "invalid_type", "Must be an integer.")
+            return None
+        value = int(raw)
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            self._error(name, "out_of_range", f"Must be {bounds}.")
+            return None
+        return value
+
+    def choice(self, name: str, choices: list[str]) -> str | None:
+        raw = self._single(name)
+        if raw is not None and raw not in choices:
+            self._error(name, "invalid_choice", f"Must be one of: {', '.join(choices)}.")
+            return None
+        return raw
+
+    def text(self, name: str, *, max_length: int) -> str | None:
+        raw = self._single(name)
+        if raw is None:
+            return None
+        if len(raw) > max_length:
+            self._error(name, "too_long", f"At most {max_length} characters.")
+            return None
+        if has_forbidden_chars(raw):
+            self._error(name, "invalid_characters", "Contains control or invisible formatting characters.")
+            return None
+        return raw
+
+    def check(self) -> None:
+        if self.errors:
+            raise PayloadInvalid(f"The request has {len(self.errors)} invalid query parameter(s).",
+                                 errors=self.errors)
