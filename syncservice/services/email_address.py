@@ -1,5 +1,6 @@
 """Email addresses for new persons: the pinyin of the name, a numeric suffix on collision."""
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -44,6 +45,18 @@ def _ascii_fold(text: str) -> str:
 
 def email_local_base(full_name: str, employee_number: str) -> str:
     """The address's local part before any collision suffix."""
+    local = name_reading(full_name)
+    if not local or local[0].isdigit():
+        # No reading at all (emoji, unknown script): fall back to the employee number, cut like any base so
+        # that the local part stays within the 64 characters mail systems accept, suffix included.
+        local = (FALLBACK_PREFIX + _not_local_re.sub("", employee_number.lower()))[:MAX_LOCAL_BASE]
+    return local.rstrip(".")
+
+
+@functools.lru_cache(maxsize=8192)
+def name_reading(full_name: str) -> str:
+    """The pinyin (or Latin) reading of a name, lower case, letters and digits only. Batches repeat names and
+    pypinyin is the slow part of allocation, so readings are remembered."""
     name = unicodedata.normalize("NFC", full_name.strip())
     parts: list[str] = []
     if _han_re.match(name):
@@ -53,12 +66,7 @@ def email_local_base(full_name: str, employee_number: str) -> str:
             name = name[len(surname):]
     # ü is written as v (lǚ → lv), the usual convention in Chinese mail addresses.
     parts += lazy_pinyin(name, style=Style.NORMAL, errors=lambda chars: _ascii_fold(chars))
-    local = _not_local_re.sub("", "".join(parts).lower())[:MAX_LOCAL_BASE]
-    if not local or local[0].isdigit():
-        # No reading at all (emoji, unknown script): fall back to the employee number, cut like any base so
-        # that the local part stays within the 64 characters mail systems accept, suffix included.
-        local = (FALLBACK_PREFIX + _not_local_re.sub("", employee_number.lower()))[:MAX_LOCAL_BASE]
-    return local.rstrip(".")
+    return _not_local_re.sub("", "".join(parts).lower())[:MAX_LOCAL_BASE]
 
 
 def _address(base: str, n: int, domain: str) -> str:
