@@ -1,0 +1,1 @@
+"""Benchmark harness of issue 7 (`make bench`); measurement only, never imported by the service."""
