@@ -2,15 +2,13 @@
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from syncservice.api.permissions import IsOperatorOrStaff
-from syncservice.api.query import QueryParams
+from syncservice.api.query import Pagination, QueryParams
 from syncservice.api.schema import (
     BODY_ERRORS,
-    PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
     RETRY_AFTER_HEADER,
     error_responses,
@@ -143,12 +141,6 @@ class ProcessAccountTasksView(StageRunView):
         return super().post(request)
 
 
-class RunPagination(PageNumberPagination):
-    page_size = PAGE_SIZE_DEFAULT
-    page_size_query_param = "page_size"
-    max_page_size = PAGE_SIZE_MAX
-
-
 class RunListView(APIView):
     permission_classes = [IsOperatorOrStaff]
 
@@ -167,6 +159,6 @@ class RunListView(APIView):
         queryset = TaskRun.objects.order_by("-started_at", "-id")
         if stage is not None:
             queryset = queryset.filter(stage=stage)
-        paginator = RunPagination()
+        paginator = Pagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([run_document(run) for run in page])

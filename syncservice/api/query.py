@@ -2,10 +2,22 @@
 
 import re
 
+from rest_framework.pagination import PageNumberPagination
+
 from ..errors import PayloadInvalid
 from ..validation import has_forbidden_chars
 
+from .schema import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+
 _INTEGER_RE = re.compile(r"-?[0-9]{1,12}")
+
+
+class Pagination(PageNumberPagination):
+    """Every list endpoint pages the same way: `page`, and `page_size` up to PAGE_SIZE_MAX."""
+
+    page_size = PAGE_SIZE_DEFAULT
+    page_size_query_param = "page_size"
+    max_page_size = PAGE_SIZE_MAX
 
 
 class QueryParams:

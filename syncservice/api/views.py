@@ -3,7 +3,6 @@
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -21,10 +20,9 @@ from ..validation import (
     validate_create_accounts,
 )
 from .permissions import CanReadRequests, IsOriginClient
-from .query import QueryParams
+from .query import Pagination, QueryParams
 from .schema import (
     BODY_ERRORS,
-    PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
     REQUEST_ID_PARAMETER,
     RETRY_AFTER_HEADER,
@@ -125,12 +123,6 @@ class RequestDetailView(APIView):
         return Response(selectors.request_document(visible_request(request, request_id)))
 
 
-class RequestPagination(PageNumberPagination):
-    page_size = PAGE_SIZE_DEFAULT
-    page_size_query_param = "page_size"
-    max_page_size = PAGE_SIZE_MAX
-
-
 class RequestListView(APIView):
     permission_classes = [CanReadRequests]
 
@@ -158,7 +150,7 @@ class RequestListView(APIView):
             queryset = queryset.filter(status=wanted_status)
         if business_key is not None:
             queryset = queryset.filter(business_key=business_key)
-        paginator = RequestPagination()
+        paginator = Pagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([selectors.request_summary(r) for r in page])
 

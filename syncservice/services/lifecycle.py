@@ -44,19 +44,30 @@ def request_cancel(*, request: Request) -> Request:
     return Request.objects.get(pk=request.pk)
 
 
+def person_system_q(keys) -> Q:
+    """A filter matching rows of any of these (person, system) pairs."""
+    condition = Q(pk__in=[])
+    for person_id, system in keys:
+        condition |= Q(person_id=person_id, system=system)
+    return condition
+
+
+def _cancel_tasks(tasks: list[Task], now, note: str) -> set[tuple[int, str]]:
+    """Cancel these unstarted tasks and put their accounts back to not_created; return their keys."""
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(
+        status=Task.Status.CANCELLED, finished_at=now, updated_at=now, last_error=note)
+    keys = {(t.person_id, t.system) for t in tasks}
+    Account.objects.filter(person_system_q(keys), status=Account.Status.CREATING).update(
+        status=Account.Status.NOT_CREATED, updated_at=now)
+    return keys
+
+
 def _cancel_unstarted_tasks(request: Request, now) -> None:
     tasks = list(wait_locked(Task.objects.filter(
         request_item__request=request, status=Task.Status.PENDING).order_by("id")))
     if not tasks:
         return
-    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(
-        status=Task.Status.CANCELLED, finished_at=now, updated_at=now, last_error="cancelled with the request")
-    keys = {(t.person_id, t.system) for t in tasks}
-    condition = Q()
-    for person_id, system in keys:
-        condition |= Q(person_id=person_id, system=system)
-    Account.objects.filter(condition, status=Account.Status.CREATING).update(
-        status=Account.Status.NOT_CREATED, updated_at=now)
+    keys = _cancel_tasks(tasks, now, "cancelled with the request")
     # Other requests waiting on one of these tasks get their own task from the next create_account_tasks run.
     others = Item.objects.filter(
         hr_person_id__in={p for p, _ in keys}, status=Item.Status.TASK_CREATED,
@@ -74,14 +85,7 @@ def stop_retries_of_cancelled_requests(task_ids) -> set[int]:
                                      request_item__request__cancel_requested_at__isnull=False))
     if not tasks:
         return set()
-    now = timezone.now()
-    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(
-        status=Task.Status.CANCELLED, finished_at=now, updated_at=now)
-    condition = Q()
-    for task in tasks:
-        condition |= Q(person_id=task.person_id, system=task.system)
-    Account.objects.filter(condition, status=Account.Status.CREATING).update(
-        status=Account.Status.NOT_CREATED, updated_at=now)
+    _cancel_tasks(tasks, timezone.now(), "cancelled with the request before its retry")
     return {task.person_id for task in tasks}
 
 
@@ -104,7 +108,8 @@ def request_retry(*, request: Request) -> Request:
     their attempts kept as history); the request goes back to processing."""
     request = _lock_request(request)
     if request.status not in (Request.Status.PARTIAL_FAILED, Request.Status.FAILED, Request.Status.PROCESSING):
-        raise InvalidTransition(f"Request {request.request_id} is {request.status}; only failed items can be retried.")
+        raise InvalidTransition(
+            f"Request {request.request_id} is {request.status}; only failed items can be retried.")
     items = list(wait_locked(Item.objects.filter(request=request, status=Item.Status.FAILED,
                                                  hr_person__isnull=False).order_by("id")))
     if not items:
@@ -133,18 +138,21 @@ def tasks_retry(*, tasks) -> int:
     failed = list(wait_locked(Task.objects.filter(pk__in=[t.pk for t in tasks], status=Task.Status.FAILED)
                               .order_by("id")))
     now = timezone.now()
+    # One query for every open task of these persons; a key gets one fresh task however often it is selected.
+    taken = set(Task.objects.filter(person_system_q({(t.person_id, t.system) for t in failed}),
+                                    status__in=Task.OPEN_STATUSES).values_list("person_id", "system"))
     fresh = []
     for task in failed:
-        if Task.objects.filter(person_id=task.person_id, system=task.system, status__in=Task.OPEN_STATUSES).exists():
+        key = (task.person_id, task.system)
+        if key in taken:
             continue
+        taken.add(key)
         fresh.append(Task(person_id=task.person_id, system=task.system, request_item_id=task.request_item_id,
                           priority=task.priority, max_attempts=task.max_attempts, next_attempt_at=now))
     Task.objects.bulk_create(fresh)
-    condition = Q()
-    for task in fresh:
-        condition |= Q(person_id=task.person_id, system=task.system)
     if fresh:
-        Account.objects.filter(condition).exclude(status=Account.Status.CREATED).update(
+        Account.objects.filter(person_system_q({(t.person_id, t.system) for t in fresh})).exclude(
+            status=Account.Status.CREATED).update(
             status=Account.Status.CREATING, error_message="", updated_at=now)
         item_ids = {t.request_item_id for t in fresh if t.request_item_id}
         items = Item.objects.filter(pk__in=item_ids, status=Item.Status.FAILED)

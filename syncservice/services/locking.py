@@ -67,6 +67,13 @@ def _retryable(exc: Exception) -> bool:
     return "locked" in str(exc) or "UNIQUE" in str(exc)
 
 
+def current_lease_tokens(model, ids, *, status: str) -> dict:
+    """Lock the claimed rows still in `status` and return their lease tokens by id: a result is written only
+    when its claim's token is still the row's (a worker whose lease expired cannot overwrite a newer claim)."""
+    return dict(model.objects.select_for_update().filter(id__in=ids, status=status).order_by("id")
+                .values_list("id", "lease_token"))
+
+
 def items_by_request_priority(status: str, *, requests_at_once: int = 20) -> QuerySet:
     """Items with `status` of processing requests, highest-priority request first.
 

@@ -14,7 +14,6 @@ intake (DNS rebinding) cannot point a callback at an internal host.
 
 import base64
 import datetime as dt
-import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +36,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from requests.certs import where as ca_bundle_path
 
+from ..backends.http import parse_retry_after
 from ..models import (
     Account,
     AccountCreationRequest,
@@ -49,7 +49,7 @@ from ..selectors import item_document, iso_utc, request_summary
 from ..validation import CallbackHostUnresolved, CallbackTarget, CallbackUrlRejected, check_callback_url
 from .clients import WEBHOOK_SECRET_PREFIX, api_client_webhook_secret
 from .bulk import bulk_update_rows
-from .locking import atomic_with_retry, skip_locked
+from .locking import atomic_with_retry, current_lease_tokens, skip_locked
 
 logger = logging.getLogger(__name__)
 
@@ -397,22 +397,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - timezone.now()).total_seconds())
-
-
 def _send_email(notification: Notification, token: str) -> DeliveryResult:
     payload = notification.payload
     try:
@@ -461,9 +445,8 @@ def record_deliveries(results: list[DeliveryResult]) -> tuple[Counter, int]:
     """Write a batch of delivery results, fenced by each claim's lease token; return verdicts and fenced-off."""
     def write():
         now = timezone.now()
-        current = dict(Notification.objects.select_for_update().filter(
-            id__in=[r.notification.pk for r in results], status=Notification.Status.SENDING,
-        ).order_by("id").values_list("id", "lease_token"))
+        current = current_lease_tokens(Notification, [r.notification.pk for r in results],
+                                       status=Notification.Status.SENDING)
         kept = [r for r in results if current.get(r.notification.pk) == r.token]
         verdicts = Counter(_apply(r, now) for r in kept)
         if kept:

@@ -29,7 +29,7 @@ from ..models import Account, AccountCreationTask, TaskAttempt
 from .bulk import bulk_insert_rows, bulk_update_rows
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
-from .locking import atomic_with_retry, skip_locked
+from .locking import atomic_with_retry, current_lease_tokens, skip_locked
 from .pacing import concurrency_slot
 from .notifications import deliver_due_notifications
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
@@ -60,13 +60,18 @@ def _due(now):
             | Q(status=Task.Status.RUNNING, lease_expires_at__lt=now))
 
 
+def _handed_back_status():
+    """Back to `waiting` when the target had accepted an asynchronous create (a poll is due), else `pending`."""
+    return Case(When(backend_state__has_key="submitted", then=Value(Task.Status.WAITING)),
+                default=Value(Task.Status.PENDING))
+
+
 def expire_leases(*, system: str, now) -> int:
     """Hand back tasks whose worker's lease ran out (a worker killed mid-call): due again at once, as
     `waiting` when the target had accepted an asynchronous create, else `pending`."""
     return Task.objects.filter(system=system, status=Task.Status.RUNNING, lease_expires_at__lt=now).update(
-        status=Case(When(backend_state__has_key="submitted", then=Value(Task.Status.WAITING)),
-                    default=Value(Task.Status.PENDING)),
-        locked_by="", lease_token="", lease_expires_at=None, next_attempt_at=now, updated_at=now,
+        status=_handed_back_status(), locked_by="", lease_token="", lease_expires_at=None, next_attempt_at=now,
+        updated_at=now,
     )
 
 
@@ -195,24 +200,16 @@ def _apply(result: CallResult, now, worker: str) -> tuple[str, TaskAttempt]:
         # The address belongs to someone else at the mail system: the person got the next free candidate
         # and the task goes again at once, without using up an attempt.
         task.attempts -= 1
-        task.status = Task.Status.PENDING
-        task.next_attempt_at = now
-        task.last_error_code, task.last_error = outcome.code, outcome.message
-        verdict = "retried"
+        verdict = _retry_at(task, outcome, now)
     elif kind == OutcomeKind.TRANSIENT and outcome.rate_limited and \
             task.backend_state.get("rate_limited", 0) < settings.TASK_MAX_RATE_LIMIT_DEFERRALS:
         # "Slow down" is not a failure of this task: it keeps its attempt and waits its turn.
         task.backend_state["rate_limited"] = task.backend_state.get("rate_limited", 0) + 1
         task.attempts -= 1
-        task.status = Task.Status.PENDING
-        task.next_attempt_at = now + dt.timedelta(seconds=outcome.retry_after or 1.0)
-        task.last_error_code, task.last_error = outcome.code, outcome.message
-        verdict = "retried"
+        verdict = _retry_at(task, outcome, now + dt.timedelta(seconds=outcome.retry_after or 1.0))
     elif kind == OutcomeKind.TRANSIENT and task.attempts < task.max_attempts:
-        task.status = Task.Status.PENDING
-        task.next_attempt_at = now + dt.timedelta(seconds=retry_delay(task.attempts, outcome.retry_after))
-        task.last_error_code, task.last_error = outcome.code, outcome.message
-        verdict = "retried"
+        delay = retry_delay(task.attempts, outcome.retry_after)
+        verdict = _retry_at(task, outcome, now + dt.timedelta(seconds=delay))
     else:
         task.status = Task.Status.FAILED
         task.finished_at = now
@@ -227,6 +224,13 @@ def _apply(result: CallResult, now, worker: str) -> tuple[str, TaskAttempt]:
     return verdict, attempt
 
 
+def _retry_at(task: Task, outcome: Outcome, when) -> str:
+    task.status = Task.Status.PENDING
+    task.next_attempt_at = when
+    task.last_error_code, task.last_error = outcome.code, outcome.message
+    return "retried"
+
+
 def _reallocate_email(task: Task, outcome: Outcome) -> bool:
     """Move the person to their next email candidate when the mail system refused the current one."""
     state = outcome.state or {}
@@ -239,8 +243,8 @@ def _reallocate_email(task: Task, outcome: Outcome) -> bool:
 
 
 ATTEMPT_FIELDS = ["task", "attempt_number", "outcome", "code", "message", "duration_ms", "worker", "started_at"]
-TASK_RESULT_FIELDS = ["status", "attempts", "backend_state", "locked_by", "lease_token", "lease_expires_at", "updated_at",
-                      "finished_at", "next_attempt_at", "last_error_code", "last_error"]
+TASK_RESULT_FIELDS = ["status", "attempts", "backend_state", "locked_by", "lease_token", "lease_expires_at",
+                      "updated_at", "finished_at", "next_attempt_at", "last_error_code", "last_error"]
 
 
 def forgive_lost_claims(results: list[CallResult]) -> None:
@@ -267,9 +271,7 @@ def record_results(results: list[CallResult], *, worker: str, totals: ProcessRes
     """Write a batch of call results in one transaction, fenced by each claim's lease token."""
     def write():
         now = timezone.now()
-        current = dict(Task.objects.select_for_update().filter(
-            id__in=[r.task.pk for r in results], status=Task.Status.RUNNING,
-        ).order_by("id").values_list("id", "lease_token"))
+        current = current_lease_tokens(Task, [r.task.pk for r in results], status=Task.Status.RUNNING)
         kept = [r for r in results if current.get(r.task.pk) == r.token]
         verdicts, attempts = [], []
         for result in kept:
@@ -329,8 +331,7 @@ def release_tasks(tasks: list[tuple[Task, str]]) -> int:
     for task, token in tasks:
         condition |= Q(id=task.pk, lease_token=token)
     return Task.objects.filter(condition, status=Task.Status.RUNNING).update(
-        status=Case(When(backend_state__has_key="submitted", then=Value(Task.Status.WAITING)),
-                    default=Value(Task.Status.PENDING)),
+        status=_handed_back_status(),
         attempts=Case(When(backend_state__has_key="submitted", then=F("attempts")), default=F("attempts") - 1),
         locked_by="", lease_token="", lease_expires_at=None, updated_at=timezone.now(),
     )

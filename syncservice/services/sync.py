@@ -2,7 +2,7 @@
 
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection
@@ -31,7 +31,6 @@ class SyncStageResult:
     persons_updated: int = 0
     hr_persons_synced: int = 0
     hr_sync_note: str = ""
-    counts: dict = field(default_factory=dict)
 
     def as_counts(self) -> dict:
         return {

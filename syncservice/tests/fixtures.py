@@ -5,6 +5,7 @@ import json
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import caches
 from django.core.management import call_command
 
@@ -68,6 +69,13 @@ def make_caller(db, client, settings):
         caller.api_client = api_client
         return caller
     return _make
+
+
+@pytest.fixture
+def staff_client(db, client):
+    """The test client logged in as a superuser (the admin, staff-only endpoints)."""
+    client.force_login(get_user_model().objects.create_superuser("ops", "ops@example.com", "pw-for-tests-only"))
+    return client
 
 
 @pytest.fixture

@@ -542,13 +542,6 @@ def test_the_webhook_secret_appears_in_no_log_error_or_admin_page(hr_caller, sec
 
 # --- Admin ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_superuser("admin", "admin@example.com", "pw-for-tests-only")
-    client.force_login(user)
-    return client
-
-
 def test_admin_lists_notifications_and_resends_failed_ones(staff_client, hr_caller, secret, receivers):
     receiver = receivers(secret, [500] * 4)
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())

@@ -1,7 +1,6 @@
 """Cancel, retry and priority, through the API and the admin as an operator would use them."""
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from syncservice.models import (
     Account,
@@ -196,13 +195,6 @@ def test_another_origin_cannot_retry(make_caller, settings):
 
 # --- Admin actions -----------------------------------------------------------------------------------
 
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_superuser("ops", "ops@example.com", "pw-for-tests-only")
-    client.force_login(user)
-    return client
-
-
 def admin_action(staff_client, model: str, action: str, ids) -> None:
     response = staff_client.post(f"/admin/syncservice/{model}/", {"action": action, "_selected_action": ids})
     assert response.status_code == 302, response.content[:500]
@@ -252,3 +244,21 @@ def test_a_high_priority_batch_overtakes_a_large_low_priority_one(make_caller, s
     assert document(urgent, urgent_id)["status"] == "completed"
     assert document(bulk, bulk_id)["status"] == "processing"
     assert not LocalTargetAccount.objects.filter(employee_number__startswith="L").exists()
+
+
+def test_retrying_the_same_failed_task_twice_in_one_action_opens_one_task(hr_caller, staff_client, settings):
+    settings.LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN = r"^TEST001$"
+    settings.LOCAL_BACKEND_FAILURE_SYSTEMS = ["idaas"]
+    submit(hr_caller, systemList=["idaas"])
+    run_pipeline()
+    first = AccountCreationTask.objects.get(status="failed")
+    # A second failed task of the same person and system, from an earlier round.
+    second = AccountCreationTask.objects.create(person=first.person, system="idaas", status="failed",
+                                                request_item=first.request_item)
+
+    admin_action(staff_client, "accountcreationtask", "retry_tasks", [first.pk, second.pk])
+
+    assert AccountCreationTask.objects.filter(person=first.person, status="pending").count() == 1
+    settings.LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN = ""
+    run_pipeline()
+    assert AccountCreationRequest.objects.get().status == "completed"

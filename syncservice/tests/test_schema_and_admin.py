@@ -1,7 +1,6 @@
 """The OpenAPI schema and docs page, and the admin pages operators use."""
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from syncservice.models import AccountCreationRequestItem
 
@@ -27,13 +26,6 @@ def test_docs_page_is_served(client):
     response = client.get("/api/docs/")
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
-
-
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_superuser("admin", "admin@example.com", "pw-for-tests-only")
-    client.force_login(user)
-    return client
 
 
 ADMIN_PAGES = [
@@ -66,3 +58,32 @@ def test_admin_needs_a_staff_login(client):
     response = client.get("/admin/syncservice/accountcreationrequest/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_operators_disable_a_client_in_the_admin_and_it_is_refused_at_once(staff_client, hr_caller):
+    from syncservice.models import ApiClient
+
+    assert hr_caller.get("/account-creation/requests/").status_code == 200
+    response = staff_client.post("/admin/syncservice/apiclient/",
+                                 {"action": "disable_clients", "_selected_action": [hr_caller.api_client.pk]})
+    assert response.status_code == 302
+    assert not ApiClient.objects.get(pk=hr_caller.api_client.pk).is_active
+    assert hr_caller.get("/account-creation/requests/").status_code == 401
+
+
+def test_admin_task_page_shows_every_attempt_with_the_targets_code_and_message(staff_client):
+    from django.utils import timezone
+
+    from syncservice.models import AccountCreationTask, HrPerson, TaskAttempt
+
+    person = HrPerson.objects.create(person_id=1, employee_number="E1", full_name="张三", created_by="hr_sync",
+                                     last_updated_by="hr_sync")
+    task = AccountCreationTask.objects.create(person=person, system="welink", status="failed", attempts=2)
+    for number, code, message in [(1, "48503", "flow control"), (2, "47120", "mobile already registered")]:
+        TaskAttempt.objects.create(task=task, attempt_number=number, outcome="transient", code=code,
+                                   message=message, started_at=timezone.now())
+
+    page = staff_client.get(f"/admin/syncservice/accountcreationtask/{task.pk}/change/").content.decode()
+
+    assert "48503" in page and "flow control" in page
+    assert "47120" in page and "mobile already registered" in page

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from config.logging import JsonFormatter, RedactingFilter, redact
@@ -42,12 +41,6 @@ def test_readyz_is_unavailable_when_a_stage_is_overdue(client, settings):
 
     assert response.status_code == 503
     assert response.json()["overdueStages"] == ["create_account_tasks", "process_account_creation_tasks"]
-
-
-@pytest.fixture
-def staff_client(client):
-    client.force_login(get_user_model().objects.create_superuser("ops", "ops@example.com", "pw-for-tests-only"))
-    return client
 
 
 @pytest.mark.django_db(transaction=True)
