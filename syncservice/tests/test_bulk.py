@@ -38,3 +38,53 @@ def test_bulk_update_rows_writes_every_field_of_every_row():
 
 def test_bulk_update_rows_of_nothing_does_nothing():
     assert bulk_update_rows([], ["status"]) == 0
+
+
+TRICKY_TEXT = ["", "NULL", "null", "a,b", "{x}", 'say "hi"', "back\\slash\\", "\\\"", "  spaced  ", "多语言 ✓ 🎉",
+               "line\nbreak\ttab", "'; DROP TABLE x;--"]
+
+
+def test_array_writes_round_trip_every_awkward_value():
+    """Columns travel as array literals: quoting, NULLs, JSON and time zones must come back unchanged."""
+    from syncservice.services.bulk import insert_from_arrays, update_from_arrays
+    from syncservice.models import Account
+
+    person = HrPerson.objects.create(person_id=2, employee_number="E2", full_name="李四", created_by="hr_sync",
+                                     last_updated_by="hr_sync")
+    tasks = [AccountCreationTask.objects.create(person=person, system="idaas", status="failed")
+             for _ in TRICKY_TEXT]
+    when = timezone.now().replace(microsecond=123456)
+    states = [{"text": text, "nested": [text, None, {"k": text}]} for text in TRICKY_TEXT]
+    written = update_from_arrays(
+        AccountCreationTask, match={"id": [t.pk for t in tasks]},
+        values={"last_error": TRICKY_TEXT, "backend_state": states,
+                "finished_at": [when if i % 2 else None for i in range(len(tasks))]},
+        constants={"last_error_code": "x\"y"}, where={"status": "failed"}, returning="id")
+    assert sorted(written) == sorted(t.pk for t in tasks)
+    for index, task in enumerate(AccountCreationTask.objects.order_by("id")):
+        assert task.last_error == TRICKY_TEXT[index]
+        assert task.backend_state == states[index]
+        assert task.finished_at == (when if index % 2 else None)
+        assert task.last_error_code == 'x"y'
+
+    insert_from_arrays(Account, {"person": [person.pk] * 3, "system": ["idaas", "welink", "email"],
+                                 "error_message": TRICKY_TEXT[-3:]},
+                       constants={"status": "failed", "external_id": "", "created_at": when, "updated_at": when})
+    assert list(Account.objects.order_by("id").values_list("system", "error_message")) == list(
+        zip(["idaas", "welink", "email"], TRICKY_TEXT[-3:]))
+
+
+def test_the_where_condition_fences_rows_off():
+    from syncservice.services.bulk import update_from_arrays
+
+    person = HrPerson.objects.create(person_id=3, employee_number="E3", full_name="王五", created_by="hr_sync",
+                                     last_updated_by="hr_sync")
+    running = AccountCreationTask.objects.create(person=person, system="idaas", status="running", lease_token="t1")
+    other = AccountCreationTask.objects.create(person=person, system="welink", status="running", lease_token="t2")
+    written = update_from_arrays(
+        AccountCreationTask, match={"id": [running.pk, other.pk], "lease_token": ["t1", "stale"]},
+        values={"status": ["succeeded", "succeeded"]}, constants={"lease_token": ""}, where={"status": "running"},
+        returning="id")
+    assert written == [running.pk]
+    assert AccountCreationTask.objects.get(pk=other.pk).status == "running"
+    assert AccountCreationTask.objects.get(pk=running.pk).lease_token == ""
