@@ -288,7 +288,8 @@ EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", f"account-provisioning@{EMAIL_DOMAIN}")
 
 # Pipeline behaviour.
-STAGE_BATCH_SIZE = env_int("STAGE_BATCH_SIZE", 500)
+# Items per transaction of the sync and task stages (each batch costs a constant number of statements).
+STAGE_BATCH_SIZE = env_int("STAGE_BATCH_SIZE", 2000)
 TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 5)
 TASK_RETRY_BASE_SECONDS = env_float("TASK_RETRY_BASE_SECONDS", 30.0)
 TASK_RETRY_MAX_SECONDS = env_float("TASK_RETRY_MAX_SECONDS", 3600.0)

@@ -247,7 +247,8 @@ class AccountCreationRequestItem(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["status", "request"], name="request_item_stage"),
+            # A stage batch takes one request's items in id order: a range scan of this index that stops early.
+            models.Index(fields=["status", "request", "id"], name="request_item_stage"),
             models.Index(fields=["hr_person", "status"], name="request_item_person"),
             models.Index(fields=["employee_number"], name="request_item_employee"),
         ]

@@ -3,9 +3,9 @@
 import functools
 import re
 import unicodedata
-from collections import Counter
 
 from django.conf import settings
+from django.db import connection
 from pypinyin import Style, lazy_pinyin
 
 from ..models import HrPerson
@@ -23,7 +23,7 @@ SURNAME_READINGS = {
     "沈": "shen", "长": "chang", "重": "chong", "柏": "bai", "藏": "zang", "折": "she", "么": "yao",
     "曲": "qu", "句": "gou", "阚": "kan", "蕃": "pi",
 }
-_COMPOUND_FIRST = sorted(SURNAME_READINGS, key=len, reverse=True)
+_SURNAME_LENGTHS = sorted({len(surname) for surname in SURNAME_READINGS}, reverse=True)
 _han_re = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _not_local_re = re.compile(r"[^a-z0-9]+")
 MAX_LOCAL_BASE = 48
@@ -60,7 +60,8 @@ def name_reading(full_name: str) -> str:
     name = unicodedata.normalize("NFC", full_name.strip())
     parts: list[str] = []
     if _han_re.match(name):
-        surname = next((s for s in _COMPOUND_FIRST if name.startswith(s)), None)
+        # Longest first: a compound surname wins over its first character's reading.
+        surname = next((name[:n] for n in _SURNAME_LENGTHS if name[:n] in SURNAME_READINGS), None)
         if surname is not None:
             parts.append(SURNAME_READINGS[surname])
             name = name[len(surname):]
@@ -73,42 +74,88 @@ def _address(base: str, n: int, domain: str) -> str:
     return f"{base}@{domain}" if n == 1 else f"{base}{n}@{domain}"
 
 
+# Above every string a suffixed address of a base can continue with (digits, "@", the domain, at most 254
+# characters in all), in the C collation as in linguistic ones, where punctuation may be ignored.
+_RANGE_END = "z" * 255
+
+
+def _suffixes_in_use(bases: set[str], domain: str) -> dict[str, set[int]]:
+    """The suffixes of `base…@domain` addresses already in the table, per base, in one query.
+
+    Per base: one index lookup of `base@domain` and one index range scan of the addresses that continue
+    the base with a digit (`base0` up to `base9zzz…`); that range may hold other addresses too (they are
+    filtered out here), but never misses a suffixed one. A base's whole set of namesakes comes back at
+    once, however many there are.
+    """
+    if not bases:
+        return {}
+    addresses = _addresses_of_bases(sorted(bases), domain)
+    used: dict[str, set[int]] = {}
+    tail = f"@{domain}"
+    for address in addresses:
+        if not address.endswith(tail):
+            continue
+        local = address[:-len(tail)]
+        digits = len(local) - len(local.rstrip("0123456789"))
+        # "wangwei12" is wangwei's 12th, but also wangwei1's 2nd: try every split of the trailing digits.
+        for cut in range(digits + 1):
+            base, suffix = local[:len(local) - cut], local[len(local) - cut:]
+            if base not in bases:
+                continue
+            if not suffix:
+                used.setdefault(base, set()).add(1)
+            elif suffix[0] != "0" and int(suffix) >= 2:
+                used.setdefault(base, set()).add(int(suffix))
+    return used
+
+
+def _addresses_of_bases(bases: list[str], domain: str) -> list[str]:
+    table = HrPerson._meta.db_table
+    exact = [_address(base, 1, domain) for base in bases]
+    low, high = [f"{base}0" for base in bases], [f"{base}9{_RANGE_END}" for base in bases]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT email FROM {table} WHERE email = ANY(%s) UNION ALL "
+                f"SELECT h.email FROM unnest(%s::text[], %s::text[]) AS b(low, high) "
+                f"CROSS JOIN LATERAL (SELECT email FROM {table} WHERE email >= b.low AND email < b.high) h",
+                [exact, low, high],
+            )
+            return [row[0] for row in cursor.fetchall()]
+        # SQLite: the same lookups from a VALUES list, in chunks that stay under its parameter limit.
+        addresses, bounds = [], list(zip(exact, low, high))
+        for start in range(0, len(bounds), 300):
+            rows = bounds[start:start + 300]
+            values = ", ".join(["(%s, %s, %s)"] * len(rows))
+            cursor.execute(
+                f"WITH b(exact, low, high) AS (VALUES {values}) SELECT h.email FROM b JOIN {table} h "
+                f"ON h.email = b.exact OR (h.email >= b.low AND h.email < b.high)",
+                [value for row in rows for value in row],
+            )
+            addresses += [row[0] for row in cursor.fetchall()]
+        return addresses
+
+
 def allocate_email_addresses(persons: list[HrPerson], *, domain: str | None = None,
-                             window: int = 8, avoid: set[str] | None = None) -> None:
-    """Give every person in the list without an email a free address, in place.
+                             avoid: set[str] | None = None) -> None:
+    """Give every person in the list without an email a free address, in place: `base@domain` for the
+    first, then base2, base3… (the lowest suffix free). A person is an HrPerson or anything with its
+    full_name, employee_number and email.
 
     Addresses already in the database, given to another person of the list, or in ``avoid`` are skipped;
-    the caller inserts under the unique constraint on HrPerson.email and retries on a race. One query
-    per round of candidates, whatever the number of persons.
+    the caller inserts under the unique constraint on HrPerson.email and retries on a race. One query,
+    whatever the number of persons and of namesakes already in the table.
     """
     domain = domain or settings.EMAIL_DOMAIN
     taken = {address.lower() for address in (avoid or set())}
     taken |= {p.email.lower() for p in persons if p.email}
-    waiting = [p for p in persons if not p.email]
-    bases = {p.pk or id(p): email_local_base(p.full_name, p.employee_number) for p in waiting}
+    waiting = [(p, email_local_base(p.full_name, p.employee_number)) for p in persons if not p.email]
+    used = _suffixes_in_use({base for _, base in waiting}, domain)
     next_n: dict[str, int] = {}
-    while waiting:
-        # Each base's window covers twice its waiting namesakes, so one round usually settles everyone.
-        wanted = Counter(bases.values())
-        round_start = {base: next_n.get(base, 1) for base in wanted}
-        round_end = {base: round_start[base] + window + 2 * count for base, count in wanted.items()}
-        candidates = {
-            _address(base, n, domain) for base in wanted for n in range(round_start[base], round_end[base])
-        }
-        in_use = {e.lower() for e in HrPerson.objects.filter(email__in=candidates).values_list("email", flat=True)}
-        taken |= in_use
-        still_waiting = []
-        for person in waiting:
-            base = bases[person.pk or id(person)]
-            for n in range(next_n.get(base, 1), round_end[base]):
-                address = _address(base, n, domain)
-                if address not in taken:
-                    person.email = address
-                    taken.add(address)
-                    next_n[base] = n + 1
-                    break
-            else:
-                next_n[base] = round_end[base]
-                still_waiting.append(person)
-        waiting = still_waiting
-        bases = {key: bases[key] for key in (p.pk or id(p) for p in waiting)}
+    for person, base in waiting:
+        in_use = used.get(base, ())
+        n = next_n.get(base, 1)
+        while n in in_use or _address(base, n, domain) in taken:
+            n += 1
+        person.email = _address(base, n, domain)
+        next_n[base] = n + 1

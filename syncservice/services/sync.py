@@ -13,7 +13,7 @@ from ..backends import get_hr_backend
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, HrSyncState
 from .bulk import bulk_update_rows
 from .email_address import allocate_email_addresses
-from .locking import advisory_lock, atomic_with_retry, items_by_request_priority, skip_locked
+from .locking import advisory_lock, atomic_with_retry, lock_items_by_request_priority, skip_locked
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,9 @@ API = HrPerson.CreatedBy.API
 HR_SYNC = HrPerson.CreatedBy.HR_SYNC
 HR_OVERLAP = dt.timedelta(minutes=5)
 HR_SYNC_LOCK = "syncservice.hr_sync"
+# Requests claimed per transaction and persons per HR page, at most: STAGE_BATCH_SIZE counts items, and a
+# larger item batch is no reason to claim more requests at once or to ask the HR source for bigger pages.
+PAGE_LIMIT = 500
 
 
 @dataclass
@@ -47,7 +50,7 @@ def claim_pending_requests(*, limit: int | None = None) -> int:
             AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PENDING)
             .order_by("-priority", "created_at", "id")
         )
-        ids = list(queryset.values_list("id", flat=True)[: limit or settings.STAGE_BATCH_SIZE])
+        ids = list(queryset.values_list("id", flat=True)[: limit or min(settings.STAGE_BATCH_SIZE, PAGE_LIMIT)])
         if ids:
             AccountCreationRequest.objects.filter(id__in=ids).update(
                 status=AccountCreationRequest.Status.PROCESSING, updated_at=timezone.now()
@@ -93,52 +96,139 @@ def _person_from_item(item: AccountCreationRequestItem, now) -> HrPerson:
     )
 
 
+# What _person_from_item reads of an item and of its request (the rest stays deferred).
+ITEM_FIELDS = ("request_id", "employee_number", "employee_name", "phone_number", "department_code",
+               "partner_company", "country")
+REQUEST_FIELDS = ("id", "account_type", "employee_type", "business_key")
 API_UPDATED_FIELDS = ["full_name", "telephone_number1", "person_type", "employee_status", "tenant_id",
                       "person_dept", "last_updated_by", "last_update_date", "email"]
 
 
+class _NewPerson:
+    """A person about to be inserted from an item, as far as e-mail allocation needs one (on PostgreSQL
+    the row itself is built from the item in SQL: no model instance per person)."""
+
+    __slots__ = ("item", "full_name", "employee_number", "email")
+
+    def __init__(self, item: AccountCreationRequestItem):
+        self.item, self.full_name, self.employee_number = item, item.employee_name, item.employee_number
+        self.email = None
+
+
 def _sync_items_batch(batch_size: int) -> tuple[int, int, int]:
     now = timezone.now()
-    items = list(skip_locked(items_by_request_priority(AccountCreationRequestItem.Status.PENDING))[:batch_size])
+    items = lock_items_by_request_priority(AccountCreationRequestItem.Status.PENDING, batch_size,
+                                           fields=ITEM_FIELDS)
     if not items:
         return 0, 0, 0
-    # A batch holds few requests: fetch each once rather than joining it onto every item.
-    requests = {r.pk: r for r in AccountCreationRequest.objects.filter(pk__in={i.request_id for i in items})}
-    for item in items:
-        item.request = requests[item.request_id]
     existing = {p.employee_number: p for p in HrPerson.objects.filter(
         employee_number__in={item.employee_number for item in items})}
-    new_persons: dict[str, HrPerson] = {}
+    new_persons: dict[str, _NewPerson] = {}
+    api_owned: dict[str, AccountCreationRequestItem] = {}
     updated: dict[str, HrPerson] = {}
     for item in items:
         number = item.employee_number
         person = existing.get(number)
         if person is None:
             if number not in new_persons:
-                new_persons[number] = _person_from_item(item, now)
-            continue
+                new_persons[number] = _NewPerson(item)
+        elif number in updated:
+            pass  # the batch's first item of this person decided
         # HR is the master once it knows the person: API values never overwrite its data.
-        if person.last_updated_by == API and number not in updated:
-            fresh = _person_from_item(item, now)
-            for name in API_UPDATED_FIELDS[:-1]:
-                setattr(person, name, getattr(fresh, name))
+        elif person.last_updated_by == API:
+            api_owned[number] = item
             updated[number] = person
         elif not person.email:
             updated[number] = person
+    if api_owned:
+        _take_item_values({number: existing[number] for number in api_owned}, api_owned, now)
     allocate_email_addresses(list(new_persons.values()) + [p for p in updated.values() if not p.email])
-    created = HrPerson.objects.bulk_create(new_persons.values())
-    if connection_lacks_returning(created):
-        created = list(HrPerson.objects.filter(employee_number__in=new_persons.keys()))
-    create_default_accounts(created)
     if updated:
         bulk_update_rows(list(updated.values()), API_UPDATED_FIELDS)
-    persons = {**existing, **{p.employee_number: p for p in created}}
+    if connection.vendor == "postgresql":
+        created = _insert_persons_and_link_items(list(new_persons.values()), existing, items, now)
+    else:
+        created = _insert_persons_and_link_items_orm(list(new_persons.values()), existing, items, now)
+    return len(items), created, len(updated)
+
+
+def _take_item_values(persons: dict[str, HrPerson], items: dict[str, AccountCreationRequestItem], now) -> None:
+    """API-owned persons take the values of their item in this batch (the first one, in batch order)."""
+    # A batch holds few requests: fetch each once rather than joining it onto every item.
+    requests = {r.pk: r for r in AccountCreationRequest.objects.filter(
+        pk__in={item.request_id for item in items.values()}).only(*REQUEST_FIELDS)}
+    for number, person in persons.items():
+        item = items[number]
+        item.request = requests[item.request_id]
+        fresh = _person_from_item(item, now)
+        for name in API_UPDATED_FIELDS[:-1]:
+            setattr(person, name, getattr(fresh, name))
+
+
+def _insert_persons_and_link_items(new_persons: list[_NewPerson], existing: dict[str, HrPerson],
+                                   items: list[AccountCreationRequestItem], now) -> int:
+    """Insert the new persons from their items (as _person_from_item would), their default accounts, and
+    link every item of the batch to its person, in one statement; return how many persons were inserted.
+
+    A concurrent copy inserting the same employee number or address first breaks a unique constraint:
+    the batch's transaction is retried (atomic_with_retry) and finds that person existing.
+    """
+    person_table, account_table = HrPerson._meta.db_table, Account._meta.db_table
+    item_table, request_table = AccountCreationRequestItem._meta.db_table, AccountCreationRequest._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH created AS ("
+            f" INSERT INTO {person_table} (person_id, employee_number, full_name, telephone_number1, person_type,"
+            f" employee_status, tenant_id, person_dept, email, created_by, last_updated_by, creation_date,"
+            f" last_update_date)"
+            f" SELECT %s + i.id, i.employee_number, i.employee_name, i.phone_number, r.account_type,"
+            f" r.employee_type, r.business_key, jsonb_build_array(jsonb_build_object('department_code',"
+            f" i.department_code, 'partner_company', COALESCE(i.partner_company, ''), 'country', i.country)),"
+            f" v.email, %s, %s, %s, %s"
+            f" FROM unnest(%s::bigint[], %s::text[]) AS v(item_id, email)"
+            f" JOIN {item_table} i ON i.id = v.item_id JOIN {request_table} r ON r.id = i.request_id"
+            f" ORDER BY i.id RETURNING id, employee_number"
+            f"), accounts AS ("
+            f" INSERT INTO {account_table} (person_id, system, status, external_id, error_message, created_at,"
+            f" updated_at) SELECT c.id, s.system, %s, '', '', %s, %s FROM created c"
+            f" CROSS JOIN unnest(%s::text[]) AS s(system) ON CONFLICT DO NOTHING"
+            f"), linked AS ("
+            f" UPDATE {item_table} t SET hr_person_id = p.id, status = %s, updated_at = %s"
+            f" FROM (SELECT id, employee_number FROM created"
+            f" UNION ALL SELECT * FROM unnest(%s::bigint[], %s::text[])) AS p(id, employee_number)"
+            f" WHERE t.id = ANY(%s) AND t.employee_number = p.employee_number"
+            f") SELECT count(*) FROM created",
+            [settings.API_PERSON_ID_OFFSET, API, API, now, now,
+             [p.item.pk for p in new_persons], [p.email for p in new_persons],
+             Account.Status.NOT_CREATED, now, now, list(settings.PROVISIONING_SYSTEMS),
+             AccountCreationRequestItem.Status.SYNCED, now,
+             [p.pk for p in existing.values()], list(existing), [item.pk for item in items]],
+        )
+        return cursor.fetchone()[0]
+
+
+def _insert_persons_and_link_items_orm(new_persons: list[_NewPerson], existing: dict[str, HrPerson],
+                                       items: list[AccountCreationRequestItem], now) -> int:
+    """`_insert_persons_and_link_items` for databases without it (SQLite), through the ORM."""
+    requests = {r.pk: r for r in AccountCreationRequest.objects.filter(
+        pk__in={p.item.request_id for p in new_persons}).only(*REQUEST_FIELDS)}
+    persons = []
+    for new in new_persons:
+        new.item.request = requests[new.item.request_id]
+        person = _person_from_item(new.item, now)
+        person.email = new.email
+        persons.append(person)
+    created = HrPerson.objects.bulk_create(persons)
+    if connection_lacks_returning(created):
+        created = list(HrPerson.objects.filter(employee_number__in=[p.employee_number for p in persons]))
+    create_default_accounts(created)
+    by_number = {**existing, **{p.employee_number: p for p in created}}
     for item in items:
-        item.hr_person = persons[item.employee_number]
+        item.hr_person = by_number[item.employee_number]
         item.status = AccountCreationRequestItem.Status.SYNCED
         item.updated_at = now
     bulk_update_rows(items, ["hr_person", "status", "updated_at"])
-    return len(items), len(created), len(updated)
+    return len(created)
 
 
 def connection_lacks_returning(created: list[HrPerson]) -> bool:
@@ -223,7 +313,7 @@ def _upsert_hr_page(records: list[dict]) -> int:
 
 def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
     """Read persons changed in HR since the watermark; return (persons synced, a note)."""
-    page_size = page_size or settings.STAGE_BATCH_SIZE
+    page_size = page_size or min(settings.STAGE_BATCH_SIZE, PAGE_LIMIT)
     with advisory_lock(HR_SYNC_LOCK) as acquired:
         if not acquired:
             return 0, "HR sync skipped: another copy holds its lock"

@@ -3,13 +3,15 @@
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError
+from django.db import IntegrityError, OperationalError, connection
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask, HrPerson
-from .bulk import bulk_insert_rows
-from .locking import atomic_with_retry, items_by_request_priority, skip_locked
+from ..models import (
+    Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask, HrPerson, System,
+)
+from .bulk import bulk_insert_rows, id_array
+from .locking import atomic_with_retry, lock_items_by_request_priority, skip_locked
 from .rollup import rollup_items_for_persons
 
 Item = AccountCreationRequestItem
@@ -66,36 +68,87 @@ def _accounts_of(person_ids) -> dict[tuple[int, str], tuple[int, str]]:
 
 
 def _tasks_for_items_batch(batch_size: int) -> tuple[int, int, int]:
-    items = list(skip_locked(items_by_request_priority(Item.Status.SYNCED)
-                             .only("id", "request_id", "hr_person_id", "status"))[:batch_size])
+    items = lock_items_by_request_priority(Item.Status.SYNCED, batch_size, fields=("request_id", "hr_person_id"))
     if not items:
         return 0, 0, 0
+    if connection.vendor == "postgresql":
+        opened_by = _start_tasks_for_items([item.pk for item in items])
+    else:
+        opened_by = _start_tasks_for_items_orm(items)
+    created = sum(opened_by.values())
+    # Items that needed no new task may be done already: their accounts exist, or another request's tasks
+    # ended. (An item with a task just opened cannot be.)
+    done = rollup_items_for_persons({item.hr_person_id for item in items if item.pk not in opened_by})
+    return len(items), created, done
+
+
+def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
+    """Open the tasks the locked items want, mark their accounts creating and the items task_created, in
+    one statement; return the number of tasks opened per item.
+
+    A (person, system) gets a task when its account is not created yet and no task is open for it; the
+    task carries the first item wanting it in batch order (highest-priority request, then lowest id) and
+    that request's priority. A concurrent copy may open the same task first: the partial unique index
+    says so and the row is skipped (ON CONFLICT DO NOTHING), so only tasks opened here are returned, and
+    only their accounts are marked (created where missing, in (person, system) order to keep lock
+    order the same in every copy).
+    """
+    now = timezone.now()
+    task_table, item_table = Task._meta.db_table, Item._meta.db_table
+    request_table, account_table = AccountCreationRequest._meta.db_table, Account._meta.db_table
+    # The systems a request may list, as a constant array: its size is known to the planner, unlike the
+    # rows of jsonb_array_elements (estimated at 100 each, enough to turn JIT compilation on).
+    systems = sorted({*System.values, *settings.PROVISIONING_SYSTEMS})
+    ids = id_array(item_ids)  # one literal: the driver would adapt a list element by element
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH opened AS ("
+            f" INSERT INTO {task_table} (person_id, system, status, request_item_id, priority, attempts,"
+            f" max_attempts, next_attempt_at, lease_expires_at, locked_by, lease_token, backend_state,"
+            f" last_error_code, last_error, created_at, updated_at, finished_at)"
+            f" SELECT DISTINCT ON (i.hr_person_id, s.system) i.hr_person_id, s.system, %s, i.id, r.priority, 0,"
+            f" %s, %s, NULL, '', '', '{{}}'::jsonb, '', '', %s, %s, NULL"
+            f" FROM {item_table} i JOIN {request_table} r ON r.id = i.request_id"
+            f" JOIN unnest(%s::text[]) AS s(system) ON r.system_list ? s.system"
+            f" WHERE i.id = ANY(%s::bigint[]) AND (SELECT a.status FROM {account_table} a"
+            f" WHERE a.person_id = i.hr_person_id AND a.system = s.system) IS DISTINCT FROM %s"
+            f" ORDER BY i.hr_person_id, s.system, r.priority DESC, r.created_at, r.id, i.id"
+            f" ON CONFLICT DO NOTHING RETURNING person_id, system, request_item_id"
+            f"), marked AS ("
+            f" INSERT INTO {account_table} (person_id, system, status, external_id, error_message, created_at,"
+            f" updated_at) SELECT person_id, system, %s, '', '', %s, %s FROM opened ORDER BY person_id, system"
+            f" ON CONFLICT (person_id, system) DO UPDATE SET status = EXCLUDED.status, error_message = '',"
+            f" updated_at = EXCLUDED.updated_at WHERE {account_table}.status <> %s"
+            f"), done AS (UPDATE {item_table} SET status = %s, updated_at = %s WHERE id = ANY(%s::bigint[]))"
+            f" SELECT request_item_id, count(*) FROM opened GROUP BY request_item_id",
+            [Task.Status.PENDING, settings.TASK_MAX_ATTEMPTS, now, now, now, systems, ids, Account.Status.CREATED,
+             Account.Status.CREATING, now, now, Account.Status.CREATED, Item.Status.TASK_CREATED, now, ids],
+        )
+        return dict(cursor.fetchall())
+
+
+def _start_tasks_for_items_orm(items: list) -> dict[int, int]:
+    """`_start_tasks_for_items` for databases without it (SQLite): the same choices, made in Python."""
     requests = {r.pk: r for r in AccountCreationRequest.objects.filter(pk__in={i.request_id for i in items})
                 .only("id", "system_list", "priority")}
     person_ids = {item.hr_person_id for item in items}
     accounts = _accounts_of(person_ids)
     open_tasks = _open_task_keys(person_ids)
     wanted: dict[tuple[int, str], tuple[int, int]] = {}
-    without_new_task = set()
+    opened_by: dict[int, int] = {}
     for item in items:
         request = requests[item.request_id]
-        opened = False
         for system in request.system_list:
             key = (item.hr_person_id, system)
             created = accounts.get(key, (None, ""))[1] == Account.Status.CREATED
             if created or key in open_tasks or key in wanted:
                 continue
             wanted[key] = (item.pk, request.priority)
-            opened = True
-        if not opened:
-            without_new_task.add(item.hr_person_id)
-    created = _start_tasks(wanted, accounts)
+            opened_by[item.pk] = opened_by.get(item.pk, 0) + 1
+    _start_tasks(wanted, accounts)
     Item.objects.filter(pk__in=[item.pk for item in items]).update(
         status=Item.Status.TASK_CREATED, updated_at=timezone.now())
-    # Items that needed no new task may be done already: their accounts exist, or another request's tasks
-    # ended. (An item with a task just opened cannot be.)
-    done = rollup_items_for_persons(without_new_task)
-    return len(items), created, done
+    return opened_by
 
 
 def create_tasks_for_request_items(*, limit: int | None = None) -> TaskStageResult:
