@@ -86,40 +86,46 @@ def worker_main() -> None:
                      lambda: call_command("process_account_creation_tasks", stdout=io.StringIO())))
 
 
+def explain_statement(run, starts_with: str) -> str:
+    """EXPLAIN ANALYZE of the statement beginning with `starts_with` that run() executes, caught on its way
+    out; run() then goes on as usual, and everything is rolled back."""
+    from django.db import connection, transaction
+
+    plans = []
+
+    def explain_first(execute, sql, params, many, context):
+        if not sql.lstrip().startswith(starts_with):
+            return execute(sql, params, many, context)
+        raw = context["cursor"].cursor
+        raw.execute("SAVEPOINT bench_explain")
+        raw.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+        plans.append("\n".join("  " + row[0] for row in raw.fetchall()))
+        raw.execute("ROLLBACK TO SAVEPOINT bench_explain")
+        return execute(sql, params, many, context)
+
+    with transaction.atomic():
+        with connection.execute_wrapper(explain_first):
+            run()
+        transaction.set_rollback(True)
+    return plans[-1]
+
+
 def explain_claim(users: int) -> str:
-    from django.db import connection, transaction
-    from django.utils import timezone
+    from syncservice.services.provisioning import claim_due_tasks
 
-    from syncservice.models import AccountCreationTask
-    from syncservice.services.locking import skip_locked
-
-    now = timezone.now()
-    # The claim as claim_due_tasks builds it (mirrored here: the service does not expose its queryset).
-    queryset = skip_locked(
-        AccountCreationTask.objects.filter(system="idaas", status__in=["pending", "waiting"], next_attempt_at__lte=now)
-        .select_related("person").order_by("-priority", "next_attempt_at", "id"))[:8]
-    with transaction.atomic(), connection.cursor() as cursor:
-        sql, params = queryset.query.sql_with_params()
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-        plan = "\n".join("  " + row[0] for row in cursor.fetchall())
-    return f"== the claim query of claim_due_tasks with {3 * users:,} due tasks ({users:,} per system)\n{plan}\n"
-
-
-def explain(queryset) -> str:
-    from django.db import connection, transaction
-
-    with transaction.atomic(), connection.cursor() as cursor:
-        sql, params = queryset.query.sql_with_params()
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-        return "\n".join("  " + row[0] for row in cursor.fetchall())
+    plan = explain_statement(
+        lambda: claim_due_tasks(system="idaas", limit=256, worker="bench-explain", expire=False), "WITH picked")
+    return (f"== the claim statement of claim_due_tasks (256 tasks) with {3 * users:,} due tasks "
+            f"({users:,} per system)\n{plan}\n")
 
 
 def explain_stage_selects(users: int) -> str:
     """The row selection of each stage batch, against a backlog of `users` items."""
+    from django.conf import settings
     from django.core.management import call_command
 
-    from syncservice.models import AccountCreationRequest, AccountCreationRequestItem as Item
-    from syncservice.services.locking import skip_locked
+    from syncservice.models import AccountCreationRequestItem as Item
+    from syncservice.services.locking import lock_items_by_request_priority
     from syncservice.services.sync import claim_pending_requests
 
     common.reset_service_data()
@@ -127,18 +133,17 @@ def explain_stage_selects(users: int) -> str:
     while claim_pending_requests():
         pass
     common.analyze()
-    try:  # the stages' own selection (services/locking.py), when the tree has it
-        from syncservice.services.locking import items_by_request_priority as select
-    except ImportError:
-        def select(status):
-            return (Item.objects.filter(status=status, request__status=AccountCreationRequest.Status.PROCESSING)
-                    .order_by("-request__priority", "request_id", "id"))
-    sync_select = skip_locked(select(Item.Status.PENDING))[:500]
-    out = [f"== the batch select of _sync_items_batch with {users:,} pending items\n{explain(sync_select)}\n"]
+    size = settings.STAGE_BATCH_SIZE
+
+    def select(status):
+        return explain_statement(lambda: lock_items_by_request_priority(status, size), "SELECT i.*")
+
+    out = [f"== the batch select of _sync_items_batch ({size:,} items) with {users:,} pending items\n"
+           f"{select(Item.Status.PENDING)}\n"]
     call_command("sync_hr_persons", stdout=io.StringIO())
     common.analyze()
-    tasks_select = skip_locked(select(Item.Status.SYNCED))[:500]
-    out.append(f"== the batch select of _tasks_for_items_batch with {users:,} synced items\n{explain(tasks_select)}\n")
+    out.append(f"== the batch select of _tasks_for_items_batch ({size:,} items) with {users:,} synced items\n"
+               f"{select(Item.Status.SYNCED)}\n")
     return "\n".join(out)
 
 
