@@ -300,9 +300,12 @@ TASK_ASYNC_POLL_SECONDS = env_float("TASK_ASYNC_POLL_SECONDS", 30.0)
 TASK_ASYNC_TIMEOUT_SECONDS = env_int("TASK_ASYNC_TIMEOUT_SECONDS", 6 * 3600)
 PROCESS_STAGE_MAX_SECONDS = env_int("PROCESS_STAGE_MAX_SECONDS", 240)
 # Tasks a worker claims ahead of its threads, per thread: larger claims, fewer round trips. Unstarted
-# claimed tasks are handed back on SIGTERM; a killed worker's come back when their lease expires. A target
-# with a call rate limit, or slow calls, gets no more than it can start within a quarter of TASK_LEASE_SECONDS.
+# claimed tasks are handed back on SIGTERM; a killed worker's come back when their lease expires. The queue
+# also never holds more than PROCESS_QUEUE_SECONDS of calls (judged by their recent duration, waits for the
+# target's rate limit included), nor more than a quarter of TASK_LEASE_SECONDS: fast targets get big
+# claims, slow ones short queues that keep priorities fresh and workers evenly loaded.
 PROCESS_PREFETCH = env_int("PROCESS_PREFETCH", 32)
+PROCESS_QUEUE_SECONDS = env_float("PROCESS_QUEUE_SECONDS", 0.5)
 # Concurrent calls per target system within one worker process.
 BACKEND_CONCURRENCY = {
     "idaas": env_int("IDAAS_CONCURRENCY", 8),

@@ -32,7 +32,7 @@ from .bulk import insert_from_arrays, update_from_arrays
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
 from .locking import atomic_with_retry, current_lease_tokens, skip_locked
-from .pacing import SAFETY_MARGIN, concurrency_slot, max_calls_per_second
+from .pacing import concurrency_slot
 from .notifications import deliver_due_notifications
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
 
@@ -600,20 +600,20 @@ class Recorder:
 def _prefetch_capacity(pool, call_seconds: float | None) -> int:
     """How many claimed tasks to keep ahead of a system's threads.
 
-    PROCESS_PREFETCH per thread, but never more than the threads can start within a quarter of the lease,
-    judged by the recent duration of a call and the target's rate limit: a task waiting in the queue must
-    not outlive its lease (another worker would claim it again). Until a call has finished, one per thread.
+    PROCESS_PREFETCH per thread, but no more than PROCESS_QUEUE_SECONDS of work, judged by the recent
+    duration of a call (which includes any wait for the target's rate limit): a queued task waits, and so
+    does a higher-priority request arriving behind it; when the backlog runs out, workers with long
+    queues finish last while the others idle; and a task must never wait in the queue past its lease
+    (another worker would claim it again), so the queue never holds more than a quarter of the lease
+    either. Until a call has finished, one task per thread.
     """
-    window = settings.TASK_LEASE_SECONDS / 4
-    limits = [pool.size * settings.PROCESS_PREFETCH]
+    seconds = min(settings.PROCESS_QUEUE_SECONDS, settings.TASK_LEASE_SECONDS / 4)
+    most = pool.size * settings.PROCESS_PREFETCH
     if call_seconds is None:
-        limits.append(pool.size)
-    elif call_seconds > 0:
-        limits.append(int(pool.size * window / call_seconds))
-    rate = max_calls_per_second(pool.system)
-    if rate > 0:
-        limits.append(int(rate / SAFETY_MARGIN * window))
-    return max(pool.size, min(limits))
+        return pool.size
+    if call_seconds > 0:
+        most = min(most, int(pool.size * seconds / call_seconds))
+    return max(pool.size, most)
 
 
 def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_seconds: float | None = None,

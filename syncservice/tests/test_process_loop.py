@@ -84,18 +84,18 @@ def test_a_failed_write_fails_the_stage_and_the_next_run_finishes_the_work(hr_ca
     assert AccountCreationRequest.objects.get().status == "completed"
 
 
-def test_the_tasks_queued_ahead_of_the_threads_can_start_within_a_quarter_of_the_lease(settings):
+def test_the_queue_ahead_of_the_threads_holds_little_time_of_work(settings):
     settings.PROCESS_PREFETCH = 32
+    settings.PROCESS_QUEUE_SECONDS = 0.5
     settings.TASK_LEASE_SECONDS = 60
-    settings.WELINK_MAX_CALLS_PER_SECOND = 0
     pool = SystemWorkers.__new__(SystemWorkers)
     pool.system, pool.size = "welink", 8
     assert _prefetch_capacity(pool, None) == 8  # no call finished yet: one per thread
     assert _prefetch_capacity(pool, 0.0) == 256  # instant calls: PROCESS_PREFETCH per thread
-    assert _prefetch_capacity(pool, 0.5) == 240  # 8 threads × 15 s ÷ 0.5 s
+    assert _prefetch_capacity(pool, 0.05) == 80  # 8 threads × 0.5 s ÷ 50 ms
     assert _prefetch_capacity(pool, 30.0) == 8  # never fewer than one per thread
-    settings.WELINK_MAX_CALLS_PER_SECOND = 2  # 2/1.25 calls a second for 15 s
-    assert _prefetch_capacity(pool, 0.0) == 24
+    settings.PROCESS_QUEUE_SECONDS = 60  # a quarter of the lease bounds it too
+    assert _prefetch_capacity(pool, 1.0) == 120
 
 
 def test_slow_calls_and_a_short_lease_do_not_make_workers_take_each_others_tasks(hr_caller, settings):
@@ -104,6 +104,7 @@ def test_slow_calls_and_a_short_lease_do_not_make_workers_take_each_others_tasks
     settings.LOCAL_BACKEND_LATENCY_MS = 400
     settings.BACKEND_CONCURRENCY = {"idaas": 2, "welink": 2, "email": 2}
     settings.TASK_LEASE_SECONDS = 2
+    settings.PROCESS_QUEUE_SECONDS = 60  # only the lease bounds the queue here
     prepare(hr_caller, 10)
 
     totals = run_process_stage(worker="w")
