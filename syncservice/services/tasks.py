@@ -102,27 +102,37 @@ def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
     ids = id_array(item_ids)  # one literal: the driver would adapt a list element by element
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH opened AS ("
+            # The batch first (materialized): joined from the requests' side, PostgreSQL would walk every
+            # request's items to find the batch's, a cost growing with the backlog.
+            f"WITH batch AS MATERIALIZED ("
+            f" SELECT id, hr_person_id, request_id FROM {item_table} WHERE id = ANY(%s::bigint[])"
+            f"), opened AS ("
             f" INSERT INTO {task_table} (person_id, system, status, request_item_id, priority, attempts,"
             f" max_attempts, next_attempt_at, lease_expires_at, locked_by, lease_token, backend_state,"
             f" last_error_code, last_error, created_at, updated_at, finished_at)"
             f" SELECT DISTINCT ON (i.hr_person_id, s.system) i.hr_person_id, s.system, %s, i.id, r.priority, 0,"
             f" %s, %s, NULL, '', '', '{{}}'::jsonb, '', '', %s, %s, NULL"
-            f" FROM {item_table} i JOIN {request_table} r ON r.id = i.request_id"
+            f" FROM batch i JOIN {request_table} r ON r.id = i.request_id"
             f" JOIN unnest(%s::text[]) AS s(system) ON r.system_list ? s.system"
-            f" WHERE i.id = ANY(%s::bigint[]) AND (SELECT a.status FROM {account_table} a"
+            f" WHERE (SELECT a.status FROM {account_table} a"
             f" WHERE a.person_id = i.hr_person_id AND a.system = s.system) IS DISTINCT FROM %s"
             f" ORDER BY i.hr_person_id, s.system, r.priority DESC, r.created_at, r.id, i.id"
             f" ON CONFLICT DO NOTHING RETURNING person_id, system, request_item_id"
+            # The sync stage created every person's default accounts: update those (an upsert costs twice
+            # as much), and insert only the ones missing (a system outside the defaults).
             f"), marked AS ("
+            f" UPDATE {account_table} a SET status = %s, error_message = '', updated_at = %s FROM opened o"
+            f" WHERE a.person_id = o.person_id AND a.system = o.system AND a.status <> %s"
+            f"), missing AS ("
             f" INSERT INTO {account_table} (person_id, system, status, external_id, error_message, created_at,"
-            f" updated_at) SELECT person_id, system, %s, '', '', %s, %s FROM opened ORDER BY person_id, system"
-            f" ON CONFLICT (person_id, system) DO UPDATE SET status = EXCLUDED.status, error_message = '',"
-            f" updated_at = EXCLUDED.updated_at WHERE {account_table}.status <> %s"
+            f" updated_at) SELECT o.person_id, o.system, %s, '', '', %s, %s FROM opened o WHERE NOT EXISTS"
+            f" (SELECT 1 FROM {account_table} a WHERE a.person_id = o.person_id AND a.system = o.system)"
+            f" ORDER BY o.person_id, o.system ON CONFLICT DO NOTHING"
             f"), done AS (UPDATE {item_table} SET status = %s, updated_at = %s WHERE id = ANY(%s::bigint[]))"
             f" SELECT request_item_id, count(*) FROM opened GROUP BY request_item_id",
-            [Task.Status.PENDING, settings.TASK_MAX_ATTEMPTS, now, now, now, systems, ids, Account.Status.CREATED,
-             Account.Status.CREATING, now, now, Account.Status.CREATED, Item.Status.TASK_CREATED, now, ids],
+            [ids, Task.Status.PENDING, settings.TASK_MAX_ATTEMPTS, now, now, now, systems, Account.Status.CREATED,
+             Account.Status.CREATING, now, Account.Status.CREATED, Account.Status.CREATING, now, now,
+             Item.Status.TASK_CREATED, now, ids],
         )
         return dict(cursor.fetchall())
 
