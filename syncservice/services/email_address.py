@@ -79,16 +79,53 @@ def _address(base: str, n: int, domain: str) -> str:
 _RANGE_END = "z" * 255
 
 
-def _suffixes_in_use(bases: set[str], domain: str) -> dict[str, set[int]]:
-    """The suffixes of `base…@domain` addresses already in the table, per base, in one query.
+def _suffixes_in_use(bases: set[str], domain: str) -> dict[str, set[int] | range]:
+    """The suffixes of `base…@domain` addresses already in the table, per base.
 
-    Per base: one index lookup of `base@domain` and one index range scan of the addresses that continue
-    the base with a digit (`base0` up to `base9zzz…`); that range may hold other addresses too (they are
-    filtered out here), but never misses a suffixed one. A base's whole set of namesakes comes back at
-    once, however many there are.
+    On PostgreSQL the database first counts each base's suffixes and finds the highest: allocation always
+    takes the lowest free suffix, so a base's namesakes are nearly always exactly 1…max, and then nothing
+    but those two numbers crosses the wire (reading every namesake's address would grow with the table).
+    Only bases with gaps (a person deleted, an address reallocated) have their addresses read.
     """
     if not bases:
         return {}
+    if connection.vendor != "postgresql":
+        return _suffixes_of_addresses(bases, domain)
+    used: dict[str, set[int] | range] = {}
+    gaps = set()
+    for base, count, highest in _suffix_counts(sorted(bases), domain):
+        if count == highest:
+            used[base] = range(1, int(highest) + 1)
+        else:
+            gaps.add(base)
+    if gaps:
+        used.update(_suffixes_of_addresses(gaps, domain))
+    return used
+
+
+def _suffix_counts(bases: list[str], domain: str) -> list[tuple[str, int, int]]:
+    """(base, number of its suffixes in use, highest suffix in use) for the bases that have any."""
+    table = HrPerson._meta.db_table
+    tail = f"@{domain}"
+    exact = [_address(base, 1, domain) for base in bases]
+    low, high = [f"{base}0" for base in bases], [f"{base}9{_RANGE_END}" for base in bases]
+    with connection.cursor() as cursor:
+        # A suffix is the digits between the base and "@domain", no leading zero, 2 or more (1 is `base@`).
+        cursor.execute(
+            f"SELECT b.base, count(*), max(h.n) FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+            f"AS b(base, exact, low, high) CROSS JOIN LATERAL ("
+            f" SELECT 1::numeric AS n FROM {table} WHERE email = b.exact"
+            f" UNION ALL SELECT x.s::numeric FROM (SELECT substr(email, length(b.base) + 1,"
+            f" length(email) - length(b.base) - %s) AS s FROM {table}"
+            f" WHERE email >= b.low AND email < b.high AND right(email, %s) = %s) x"
+            f" WHERE x.s ~ '^([2-9]|[1-9][0-9]+)$') h GROUP BY b.base",
+            [bases, exact, low, high, len(tail), len(tail), tail],
+        )
+        return cursor.fetchall()
+
+
+def _suffixes_of_addresses(bases: set[str], domain: str) -> dict[str, set[int]]:
+    """The suffixes of these bases in use, from every address that may be one of theirs."""
     addresses = _addresses_of_bases(sorted(bases), domain)
     used: dict[str, set[int]] = {}
     tail = f"@{domain}"
@@ -143,8 +180,9 @@ def allocate_email_addresses(persons: list[HrPerson], *, domain: str | None = No
     full_name, employee_number and email.
 
     Addresses already in the database, given to another person of the list, or in ``avoid`` are skipped;
-    the caller inserts under the unique constraint on HrPerson.email and retries on a race. One query,
-    whatever the number of persons and of namesakes already in the table.
+    the caller inserts under the unique constraint on HrPerson.email and retries on a race. One query
+    (two when some base has gaps in its suffixes), whatever the number of persons and of namesakes
+    already in the table.
     """
     domain = domain or settings.EMAIL_DOMAIN
     taken = {address.lower() for address in (avoid or set())}

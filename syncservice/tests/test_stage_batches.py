@@ -195,3 +195,15 @@ def test_allocation_keeps_addresses_of_other_domains_apart():
     [person] = _persons(["王芳"], "D")
     allocate_email_addresses([person], domain="example.com")
     assert person.email == "wangfang@example.com"
+
+
+def test_allocation_counts_dense_suffixes_and_reads_addresses_only_for_bases_with_gaps():
+    _store(["zhangwei@example.com", "zhangwei2@example.com", "zhangwei3@example.com",  # 1…3: dense
+            "lina@example.com", "lina2@example.com", "lina4@example.com"])  # a gap at 3
+    persons = _persons(["张伟", "李娜", "李娜", "张伟"], "G")
+    with CaptureQueriesContext(connection) as queries:
+        allocate_email_addresses(persons, domain="example.com")
+    assert [p.email for p in persons] == ["zhangwei4@example.com", "lina3@example.com", "lina5@example.com",
+                                          "zhangwei5@example.com"]
+    if connection.vendor == "postgresql":
+        assert len(queries) == 2  # the counts, then lina's addresses
