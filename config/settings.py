@@ -311,7 +311,7 @@ PROCESS_STAGE_MAX_SECONDS = env_int("PROCESS_STAGE_MAX_SECONDS", 240)
 # target's rate limit included), nor more than a quarter of TASK_LEASE_SECONDS: fast targets get big
 # claims, slow ones short queues that keep priorities fresh and workers evenly loaded.
 PROCESS_PREFETCH = env_int("PROCESS_PREFETCH", 32)
-PROCESS_QUEUE_SECONDS = env_float("PROCESS_QUEUE_SECONDS", 0.5)
+PROCESS_QUEUE_SECONDS = env_float("PROCESS_QUEUE_SECONDS", 0.25)
 # Concurrent calls per target system within one worker process.
 BACKEND_CONCURRENCY = {
     "idaas": env_int("IDAAS_CONCURRENCY", 8),
