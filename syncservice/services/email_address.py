@@ -6,7 +6,6 @@ import unicodedata
 
 from django.conf import settings
 from django.db import connection
-from pypinyin import Style, lazy_pinyin
 
 from ..models import HrPerson
 
@@ -65,6 +64,10 @@ def name_reading(full_name: str) -> str:
         if surname is not None:
             parts.append(SURNAME_READINGS[surname])
             name = name[len(surname):]
+    # Imported here: loading pypinyin's dictionaries takes ~0.6 s, which every process that merely imports
+    # this module (the process stage, for e-mail reallocation) would otherwise pay at start-up.
+    from pypinyin import Style, lazy_pinyin
+
     # ü is written as v (lǚ → lv), the usual convention in Chinese mail addresses.
     parts += lazy_pinyin(name, style=Style.NORMAL, errors=lambda chars: _ascii_fold(chars))
     return _not_local_re.sub("", "".join(parts).lower())[:MAX_LOCAL_BASE]
