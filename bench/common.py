@@ -29,6 +29,17 @@ if DB_NAME in FORBIDDEN_DB_NAMES or PEER_DB_NAME in FORBIDDEN_DB_NAMES:
     raise SystemExit(f"bench: refusing to use database {DB_NAME!r}/{PEER_DB_NAME!r}: pick a bench-only name")
 
 
+class QueryCounter:
+    """A connection execute wrapper (`with connection.execute_wrapper(counter):`) that counts statements."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
 def pg_url(name: str) -> str:
     return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 

@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from .common import QueryCounter
+
 BATCH_FUNCTIONS = {
     "sync_hr_persons": ("syncservice.services.sync", "_sync_items_batch"),
     "create_account_tasks": ("syncservice.services.tasks", "_tasks_for_items_batch"),
@@ -26,34 +28,28 @@ def main(stage: str) -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    queries = 0
-
-    def count(execute, sql, params, many, context):
-        nonlocal queries
-        queries += 1
-        return execute(sql, params, many, context)
-
+    queries = QueryCounter()
     batches: list[tuple[int, int]] = []
     module_name, function_name = BATCH_FUNCTIONS[stage]
     module = importlib.import_module(module_name)
     original = getattr(module, function_name)
 
     def batch(*args, **kwargs):
-        before = queries
+        before = queries.count
         result = original(*args, **kwargs)
         rows = result[0] if isinstance(result, tuple) else result
-        batches.append((rows, queries - before))
+        batches.append((rows, queries.count - before))
         return result
 
     setattr(module, function_name, batch)
     out = io.StringIO()
-    with connection.execute_wrapper(count):
+    with connection.execute_wrapper(queries):
         start = time.perf_counter()
         call_command(stage, stdout=out)
         seconds = time.perf_counter() - start
     full = [q for rows, q in batches if rows]
     print(json.dumps({
-        "stage": stage, "seconds": seconds, "queries": queries, "batches": len(full),
+        "stage": stage, "seconds": seconds, "queries": queries.count, "batches": len(full),
         "queries_per_batch": sorted(set(full)), "rows": sum(r for r, _ in batches),
         "batch_size": int(os.environ.get("STAGE_BATCH_SIZE") or 0) or None, "summary": out.getvalue().strip(),
     }))

@@ -78,23 +78,17 @@ def reference_point(users: int, *, prefix: str = "S") -> dict:
     common.load_requests_orm(users, prefix=prefix)
     common.analyze()
     common.checkpoint()
-    queries = 0
-
-    def count(execute, sql, params, many, context):
-        nonlocal queries
-        queries += 1
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(count):
+    queries = common.QueryCounter()
+    with connection.execute_wrapper(queries):
         start = time.perf_counter()
         reference.sync_hr_persons_per_row()
         sync_s = time.perf_counter() - start
-        sync_queries = queries
+        sync_queries = queries.count
         start = time.perf_counter()
         reference.create_account_tasks_per_row()
         tasks_s = time.perf_counter() - start
     return {"users": users, "sync_s": sync_s, "tasks_s": tasks_s, "total_s": sync_s + tasks_s,
-            "queries": queries, "sync_queries": sync_queries, "tasks_queries": queries - sync_queries,
+            "queries": queries.count, "sync_queries": sync_queries, "tasks_queries": queries.count - sync_queries,
             "state": state_summary()}
 
 

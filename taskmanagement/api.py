@@ -14,7 +14,7 @@ from syncservice.api.schema import (
     error_responses,
     page_parameters,
 )
-from syncservice.api.serializers import StrictSerializer
+from syncservice.api.serializers import StrictSerializer, page_serializer
 from syncservice.errors import PayloadInvalid, ServiceError
 from syncservice.selectors import iso_utc
 from syncservice.validation import describe_key
@@ -108,11 +108,7 @@ STAGE_SCHEMA = dict(
 )
 
 
-class RunPageSerializer(StrictSerializer):
-    count = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = RunSerializer(many=True)
+RunPageSerializer = page_serializer("RunPageSerializer", RunSerializer)
 
 
 class SyncHrPersonsView(StageRunView):

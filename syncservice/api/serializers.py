@@ -13,6 +13,16 @@ class StrictSerializer(serializers.Serializer):
     """A document of the API: closed in the schema (schema.StrictSerializerExtension)."""
 
 
+def page_serializer(name: str, results: type[serializers.Serializer]) -> type[StrictSerializer]:
+    """The schema of one page of query.Pagination, named `name`, whose results are `results` documents."""
+    return type(name, (StrictSerializer,), {
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": results(many=True),
+    })
+
+
 class UserInputSerializer(serializers.Serializer):
     """One person of a batch; its schema is schema.user_input_schema(), built from the validation rules."""
 
@@ -98,11 +108,7 @@ class ErrorSerializer(StrictSerializer):
                                      help_text="On stage_failed: the failed stage run, when it was recorded.")
 
 
-class RequestPageSerializer(StrictSerializer):
-    count = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = RequestSummarySerializer(many=True)
+RequestPageSerializer = page_serializer("RequestPageSerializer", RequestSummarySerializer)
 
 
 class ActionResponseSerializer(StrictSerializer):

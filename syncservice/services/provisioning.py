@@ -369,7 +369,7 @@ def record_results(results: list[CallResult], *, worker: str, totals: ProcessRes
     def write():
         now = timezone.now()
         kept = results
-        if connection.vendor != "postgresql" or any(_may_reallocate(r) for r in results):
+        if any(_may_reallocate(r) for r in results):
             current = current_lease_tokens(Task, [r.task.pk for r in results], status=Task.Status.RUNNING)
             kept = [r for r in results if current.get(r.task.pk) == r.token]
         applied = [(r, *_apply(r, now)) for r in kept]
