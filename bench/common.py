@@ -288,7 +288,8 @@ def wait_measured(proc: subprocess.Popen, start: float, *, timeout: float = 3600
         maxrss_kib, text = int(last.split("=", 1)[1]), head
     if proc.returncode != 0:
         raise RuntimeError(f"bench: {' '.join(map(str, proc.args))} exited {proc.returncode}:\n{text[-3000:]}")
-    return {"wall_s": wall, "maxrss_mib": maxrss_kib / 1024, "output": text.strip()}
+    return {"wall_s": wall, "maxrss_mib": maxrss_kib / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "output": text.strip()}
 
 
 def manage(*args: str) -> list[str]:
@@ -329,6 +330,25 @@ def machine() -> dict:
         "django": django.get_version(), "postgresql": pg_version, "synchronous_commit": sync_commit,
         "shared_buffers": shared_buffers, "os": platform.platform(),
     }
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat, first line): user nice system idle iowait irq softirq steal."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_share(before: list[int] | None, after: list[int] | None) -> dict | None:
+    """How the machine's CPU time went between two readings: busy (ours and everyone's), idle, stolen by the host."""
+    if not before or not after:
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta) or 1
+    user, nice, system, idle, iowait, irq, softirq, steal = delta
+    return {"busy": (user + nice + system + irq + softirq) / total, "idle": (idle + iowait) / total,
+            "steal": steal / total}
 
 
 def save_json(name: str, data) -> Path:

@@ -82,6 +82,8 @@ def run_workers(workers: int, env_extra: dict, *, expected: int, timeout: float 
         "workers": workers, "tasks": expected, "wall_s": wall, **seen,
         "window_rate": expected / seen["window_s"], "wall_rate": expected / wall,
         "maxrss_mib": max(r["maxrss_mib"] for r in runs), "outputs": [r["output"][-300:] for r in runs],
+        # CPU time of the worker processes (start-up included), per task: what a second worker competes for.
+        "worker_cpu_ms_per_task": sum(r["cpu_s"] for r in runs) * 1000 / expected,
     }
 
 

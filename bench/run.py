@@ -90,7 +90,8 @@ def table(results: dict) -> str:
                      f"({'+'.join(str(v) for v in t['concurrency'].values())} ÷ {t['latency_ms'] / 1000:g} s)",
                      f"{t['one_vs_ideal']:.0%}", "≥ 80%", verdict(t["one_vs_ideal"] >= 0.8)))
         rows.append(("", "provisioning, 2 workers vs 1",
-                     f"{t['two']['window_rate']:.0f} vs {t['one']['window_rate']:.0f} tasks/s",
+                     f"{t['two']['window_rate']:.0f} vs {t['one']['window_rate']:.0f} tasks/s; worker CPU "
+                     f"{t['two']['worker_cpu_ms_per_task']:.2f} vs {t['one']['worker_cpu_ms_per_task']:.2f} ms/task",
                      f"{t['two_vs_one']:.2f}×", "≥ 1.8×", verdict(t["two_vs_one"] >= 1.8)))
     c = results.get("claims")
     if c:
@@ -109,6 +110,7 @@ def table(results: dict) -> str:
         f"machine: {m['cores']} cores, {m['cpu']}, {m['memory_gib']} GiB; Python {m['python']}; Django {m['django']}; "
         f"PostgreSQL {m['postgresql']} (synchronous_commit={m['synchronous_commit']}, "
         f"shared_buffers={m['shared_buffers']}); load average at start {results['load_at_start']}",
+        cpu_line(results.get("cpu")),
         "",
         line(HEADER),
         line(["-" * w for w in widths]),
@@ -120,6 +122,13 @@ def table(results: dict) -> str:
 
 
 HEADER = ("#", "workload", "measured", "ratio", "target", "result")
+
+
+def cpu_line(cpu: dict | None) -> str:
+    if not cpu:
+        return "CPU time during the run: not readable here"
+    return (f"CPU time during the run: {cpu['busy']:.0%} busy, {cpu['idle']:.0%} idle, {cpu['steal']:.0%} taken by "
+            f"the VM's host (steal; above ~10 % the rows near their target move)")
 
 
 def load_average() -> str:
@@ -136,6 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated subset: intake,scale,stages,throughput,claims")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    cpu_before = common.cpu_times()
     only = set(filter(None, args.only.split(",")))
     wanted = lambda name: not only or name in only  # noqa: E731
 
@@ -143,7 +153,7 @@ def main(argv=None) -> int:
     common.setup_django()
     from . import intake, provisioning, stages
 
-    results = {"started": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "load_at_start": load_average(),
+    results = {"started": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %z"), "load_at_start": load_average(),
                "mode": "make bench-large" if args.large else ("quick (sizes reduced)" if args.quick else "make bench"),
                "machine": common.machine()}
     sizes = [200, 1000] if args.quick else [1000, 10_000] + ([100_000] if args.large else [])
@@ -183,6 +193,7 @@ def main(argv=None) -> int:
 
     elapsed = time.perf_counter() - started
     results["duration"] = f"{int(elapsed // 60)}m{int(elapsed % 60):02d}s"
+    results["cpu"] = common.cpu_share(cpu_before, common.cpu_times())
     text = table(results)
     common.save_json("latest.json", results)
     (common.RESULTS / "latest.txt").write_text(text + "\n", encoding="utf-8")

@@ -81,6 +81,8 @@ def _cancel_unstarted_tasks(request: Request, now) -> None:
 def stop_retries_of_cancelled_requests(task_ids) -> set[int]:
     """Tasks about to be retried whose request is being cancelled are cancelled instead; return their
     persons (for the roll-up)."""
+    if not task_ids:
+        return set()  # the common case (no retries in the batch): no query to build
     tasks = list(Task.objects.filter(pk__in=task_ids, status=Task.Status.PENDING,
                                      request_item__request__cancel_requested_at__isnull=False))
     if not tasks:
