@@ -105,49 +105,84 @@ def _account_states(person_ids: set[int]) -> dict[tuple[int, str], tuple[str, st
 
 
 def rollup_requests(request_ids) -> int:
-    """Recount items of these requests; finalize those whose items are all final. Return how many ended."""
+    """Recount items of these requests; finalize those whose items are all final. Return how many ended.
+
+    Called for every batch of results, so it reads and writes plain rows; only the requests that end are
+    loaded as models, for their error summary and notifications. A request whose count did not move is
+    not written.
+    """
     request_ids = sorted(set(request_ids))
     if not request_ids:
         return 0
-    requests = list(wait_locked(Request.objects.filter(id__in=request_ids).order_by("id")))
-    counts = {
-        row["request_id"]: row
-        for row in Item.objects.filter(request_id__in=request_ids).values("request_id").annotate(
-            completed=Count("id", filter=Q(status=Item.Status.COMPLETED)),
-            failed=Count("id", filter=Q(status=Item.Status.FAILED)),
-            cancelled=Count("id", filter=Q(status=Item.Status.CANCELLED)),
-        )
-    }
+    requests = _lock_requests(request_ids)
+    counts = _item_counts(request_ids)
     now = timezone.now()
-    changed, ended = [], []
-    for request in requests:
-        row = counts.get(request.id, {"completed": 0, "failed": 0, "cancelled": 0})
-        processed = row["completed"] + row["failed"] + row["cancelled"]
-        if request.is_final:
+    moved: dict[str, list] = {"id": [], "processed_users": []}
+    ended: dict[int, tuple[str, int]] = {}
+    for request_id, status, total, processed_before, cancelling in requests:
+        if status in Request.FINAL_STATUSES:
             continue
-        request.processed_users = processed
-        request.updated_at = now
-        if processed == request.total_users and request.status == Request.Status.PROCESSING:
-            if row["cancelled"] or request.cancel_requested_at is not None:
-                request.status = Request.Status.CANCELLED
-            elif row["failed"] == 0:
-                request.status = Request.Status.COMPLETED
-            elif row["completed"] == 0:
-                request.status = Request.Status.FAILED
+        completed, failed, cancelled = counts.get(request_id, (0, 0, 0))
+        processed = completed + failed + cancelled
+        if processed == total and status == Request.Status.PROCESSING:
+            if cancelled or cancelling:
+                status = Request.Status.CANCELLED
+            elif failed == 0:
+                status = Request.Status.COMPLETED
+            elif completed == 0:
+                status = Request.Status.FAILED
             else:
-                request.status = Request.Status.PARTIAL_FAILED
-            request.completed_at = now
-            ended.append(request)
-        changed.append(request)
-    summaries = error_summaries([r.id for r in ended])
-    for request in ended:
+                status = Request.Status.PARTIAL_FAILED
+            ended[request_id] = (status, processed)
+        elif processed != processed_before:
+            moved["id"].append(request_id)
+            moved["processed_users"].append(processed)
+    update_from_arrays(Request, match={"id": moved["id"]}, values={"processed_users": moved["processed_users"]},
+                       constants={"updated_at": now})
+    if not ended:
+        return 0
+    summaries = error_summaries(list(ended))
+    finished = list(Request.objects.filter(id__in=ended).order_by("id"))  # locked above
+    for request in finished:
+        request.status, request.processed_users = ended[request.id]
+        request.completed_at = request.updated_at = now
         request.error_summary = summaries.get(request.id)
-    if changed:
-        bulk_update_rows(changed, ["processed_users", "status", "completed_at", "error_summary",
-                                              "updated_at"])
-    if ended:
-        notifications_enqueue(requests=ended)
-    return len(ended)
+    bulk_update_rows(finished, ["processed_users", "status", "completed_at", "error_summary", "updated_at"])
+    notifications_enqueue(requests=finished)
+    return len(finished)
+
+
+def _lock_requests(request_ids: list[int]) -> list[tuple]:
+    """Lock these requests in id order; (id, status, total users, processed users, cancel requested)."""
+    if connection.vendor != "postgresql":
+        return [(i, status, total, processed, cancelled is not None) for i, status, total, processed, cancelled
+                in wait_locked(Request.objects.filter(id__in=request_ids).order_by("id")).values_list(
+                    "id", "status", "total_users", "processed_users", "cancel_requested_at")]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'SELECT id, status, total_users, processed_users, cancel_requested_at IS NOT NULL '
+            f'FROM "{Request._meta.db_table}" WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE',
+            [id_array(request_ids)])
+        return cursor.fetchall()
+
+
+def _item_counts(request_ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    """request → (completed, failed, cancelled) items."""
+    final = (Item.Status.COMPLETED.value, Item.Status.FAILED.value, Item.Status.CANCELLED.value)
+    if connection.vendor != "postgresql":
+        rows = Item.objects.filter(request_id__in=request_ids).values("request_id").annotate(
+            completed=Count("id", filter=Q(status=final[0])), failed=Count("id", filter=Q(status=final[1])),
+            cancelled=Count("id", filter=Q(status=final[2])),
+        ).values_list("request_id", "completed", "failed", "cancelled")
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT request_id, count(*) FILTER (WHERE status = %s), count(*) FILTER (WHERE status = %s), "
+                f'count(*) FILTER (WHERE status = %s) FROM "{Item._meta.db_table}" '
+                f"WHERE request_id = ANY(%s::bigint[]) AND status = ANY(%s) GROUP BY request_id",
+                [*final, id_array(request_ids), list(final)])
+            rows = cursor.fetchall()
+    return {request_id: (completed, failed, cancelled) for request_id, completed, failed, cancelled in rows}
 
 
 def error_summaries(request_ids: list[int]) -> dict[int, dict]:

@@ -19,6 +19,7 @@ from syncservice.models import (
     TaskAttempt,
 )
 from syncservice.services.provisioning import claim_due_tasks, call_backend, record_results, ProcessResult
+from syncservice.services.rollup import rollup_requests
 from taskmanagement.models import TaskRun
 
 from .fixtures import STAGES, make_users, note_example, requires_postgres, run_pipeline, stage
@@ -432,3 +433,27 @@ def test_hr_watermark_advances_only_after_a_successful_run(settings, tmp_path):
     state = HrSyncState.objects.get()
     assert state.watermark_updated_at == before
     assert state.last_error
+
+
+def test_progress_is_counted_as_items_end_and_an_unmoved_count_is_not_rewritten(hr_caller, settings):
+    settings.LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN = r"^U000003$"
+    request = submit(hr_caller, userList=make_users(4, "U"), systemList=["idaas"])
+    stage("sync_hr_persons")
+    stage("create_account_tasks")
+
+    # One task is one item here: it ends, the request counts it and goes on processing.
+    stage("process_account_creation_tasks", "--limit", "1")
+    request.refresh_from_db()
+    assert (request.status, request.processed_users, request.completed_at) == ("processing", 1, None)
+    stamp = request.updated_at
+
+    rollup_requests([request.pk])  # nothing ended since: the row is left as it is
+    request.refresh_from_db()
+    assert (request.processed_users, request.updated_at) == (1, stamp)
+
+    stage("process_account_creation_tasks")
+    request.refresh_from_db()
+    assert (request.status, request.processed_users) == ("partial_failed", 4)
+    assert request.completed_at is not None and request.updated_at == request.completed_at
+    assert request.error_summary["failedUsers"] == 1
+    assert request.error_summary["reasons"][0]["employeeNumbers"] == ["U000003"]
