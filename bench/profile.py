@@ -1,13 +1,14 @@
-"""Profiles behind docs/performance.md's "Bottlenecks found": where the time of each workload goes.
+"""Profiles behind docs/performance.md's "What the benchmarks changed": where the time of each workload goes.
 
-    .venv/bin/python -m bench.profile            # writes bench/profile.txt (about 7 minutes)
+    .venv/bin/python -m bench.profile            # writes bench/profile.txt (4-7 minutes)
     .venv/bin/python -m bench.profile querylog N # both stages at N users with a query log only
     .venv/bin/python -m bench.profile explain N  # EXPLAIN ANALYZE of the stages' batch selects at N items
 
-For each workload it records a cProfile of the service code (the process stage's main thread, which claims
-and records, in a real worker subprocess) and a query log: time and count per kind of statement, measured
-with a connection execute wrapper. It also EXPLAINs the claim query against a 30,000-task backlog. Not part
-of `make bench` (profiling slows everything down; the table must not include it).
+For each workload it records a cProfile of the service code and a query log (time and count per kind of
+statement, measured with a connection execute wrapper). The process stage runs in a real worker subprocess,
+reported per thread: the main thread, which claims, and the recorder thread, which writes the results. It
+also EXPLAINs the claim query against a 30,000-task backlog. Not part of `make bench` (profiling slows
+everything down; the table must not include it).
 """
 
 import cProfile
@@ -76,14 +77,37 @@ def in_process(label: str, func) -> str:
 
 
 def worker_main() -> None:
-    """Subprocess: one process_account_creation_tasks run under cProfile with a query log on its main thread."""
+    """Subprocess: one process_account_creation_tasks run under cProfile with a query log, reported for its
+    main thread (claims, hand-outs, lease upkeep) and its recorder thread (results, attempts, accounts,
+    roll-ups) separately; the backend threads are not profiled."""
     import django
 
     django.setup()
     from django.core.management import call_command
+    from django.db import connection
 
-    print(in_process("process_account_creation_tasks (main thread: claims, records, roll-ups)",
+    from syncservice.services import provisioning
+
+    recorded = []
+    run_recorder = provisioning.Recorder._run
+
+    def profiled_run(self):
+        log, profiler = QueryLog(), cProfile.Profile()
+        with connection.execute_wrapper(log):  # the recorder thread's own connection
+            start = time.perf_counter()
+            profiler.enable()
+            try:
+                run_recorder(self)
+            finally:
+                profiler.disable()
+                recorded.append(f"== process_account_creation_tasks (recorder thread: results, attempts, "
+                                f"accounts, roll-ups): {time.perf_counter() - start:.2f} s alive\n"
+                                f"{log.report()}\n{profile_report(profiler)}\n")
+
+    provisioning.Recorder._run = profiled_run
+    print(in_process("process_account_creation_tasks (main thread: claims, lease upkeep)",
                      lambda: call_command("process_account_creation_tasks", stdout=io.StringIO())))
+    print("\n".join(recorded))
 
 
 def explain_statement(run, starts_with: str) -> str:

@@ -177,15 +177,15 @@ def peer_run(workers: int, jobs: int, concurrency: int) -> dict:
             "maxrss_mib": max(r["maxrss_mib"] for r in runs)}
 
 
-def claim_overhead(users: int = 1000, workers: int = 1, peer_concurrencies=(24,), ours: dict | None = None) -> dict:
+def claim_overhead(users: int = 10_000, workers: int = 1, peer_concurrencies=(24,)) -> dict:
     """Workload 4: our claim-and-complete loop with a no-op backend vs procrastinate's no-op jobs.
 
-    `ours` may be a run measured already (the 1k pipeline point: the same 3,000 no-op tasks, one worker).
+    The same number of tasks and jobs (3 per user) and worker processes on each side. 30,000 of ours take a
+    few seconds: enough that one stall of the machine does not decide the ratio.
     """
     tasks = users * 3
-    if ours is None:
-        prepare_tasks(users)
-        ours = run_workers(workers, NOOP_ENV, expected=tasks)
+    prepare_tasks(users)
+    ours = run_workers(workers, NOOP_ENV, expected=tasks)
     peers = [peer_run(workers, tasks, c) for c in peer_concurrencies]
     best = max(peers, key=lambda p: p["window_rate"])
     return {"users": users, "tasks": tasks, "workers": workers, "ours": ours, "peers": peers, "peer": best,
