@@ -611,8 +611,10 @@ def _prefetch_capacity(pool, call_seconds: float | None) -> int:
     most = pool.size * settings.PROCESS_PREFETCH
     if call_seconds is None:
         return pool.size
-    if call_seconds > 0:
-        most = min(most, int(pool.size * seconds / call_seconds))
+    # Compared as products: the moving average of instant calls decays towards the smallest float, and
+    # dividing by it would overflow.
+    if pool.size * seconds < most * call_seconds:
+        most = int(pool.size * seconds / call_seconds)
     return max(pool.size, most)
 
 

@@ -92,6 +92,7 @@ def test_the_queue_ahead_of_the_threads_holds_little_time_of_work(settings):
     pool.system, pool.size = "welink", 8
     assert _prefetch_capacity(pool, None) == 8  # no call finished yet: one per thread
     assert _prefetch_capacity(pool, 0.0) == 256  # instant calls: PROCESS_PREFETCH per thread
+    assert _prefetch_capacity(pool, 5e-324) == 256  # the average of thousands of 0 ms calls: no overflow
     assert _prefetch_capacity(pool, 0.05) == 80  # 8 threads × 0.5 s ÷ 50 ms
     assert _prefetch_capacity(pool, 30.0) == 8  # never fewer than one per thread
     settings.PROCESS_QUEUE_SECONDS = 60  # a quarter of the lease bounds it too
