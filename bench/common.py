@@ -154,6 +154,57 @@ def checkpoint() -> None:
         cursor.execute("CHECKPOINT")
 
 
+class Rewind:
+    """Put back what a process run changed, so that the same sample of tasks can be measured again.
+
+    Copies the tables a run updates (tasks, accounts, items, requests; every row has `updated_at`) into
+    bench-only tables; `rewind()` restores the rows whose `updated_at` moved, deletes the rows the run
+    added (attempts, notifications, run records), and vacuums, so that the next run finds the same rows
+    without dead versions in its way. `close()` drops the copies.
+    """
+
+    UPDATED = ("syncservice_accountcreationtask", "syncservice_account", "syncservice_accountcreationrequestitem",
+               "syncservice_accountcreationrequest")
+    ADDED = ("syncservice_taskattempt", "syncservice_notification", "taskmanagement_taskrun")
+
+    def __init__(self):
+        from django.db import connection
+
+        self.columns, self.last_ids = {}, {}
+        with connection.cursor() as cursor:
+            for table in self.UPDATED:
+                cursor.execute(f'DROP TABLE IF EXISTS "bench_copy_{table}"')
+                cursor.execute(f'CREATE UNLOGGED TABLE "bench_copy_{table}" AS SELECT * FROM "{table}"')
+                cursor.execute(f'CREATE UNIQUE INDEX ON "bench_copy_{table}" (id)')
+                self.columns[table] = [c.name for c in connection.introspection.get_table_description(cursor, table)
+                                       if c.name != "id"]
+            for table in self.ADDED:
+                cursor.execute(f'SELECT coalesce(max(id), 0) FROM "{table}"')
+                self.last_ids[table] = cursor.fetchone()[0]
+
+    def rewind(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            for table in self.ADDED:
+                cursor.execute(f'DELETE FROM "{table}" WHERE id > %s', [self.last_ids[table]])
+            for table, columns in self.columns.items():
+                names = ", ".join(f'"{c}"' for c in columns)
+                copied = ", ".join(f'c."{c}"' for c in columns)
+                cursor.execute(f'UPDATE "{table}" AS t SET ({names}) = ({copied}) FROM "bench_copy_{table}" AS c '
+                               f"WHERE t.id = c.id AND t.updated_at IS DISTINCT FROM c.updated_at")
+            for table in (*self.ADDED, *self.UPDATED):
+                cursor.execute(f'VACUUM ANALYZE "{table}"')
+        checkpoint()
+
+    def close(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            for table in self.UPDATED:
+                cursor.execute(f'DROP TABLE IF EXISTS "bench_copy_{table}"')
+
+
 # --- Data ---------------------------------------------------------------------------------------
 
 SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
