@@ -6,6 +6,7 @@ import time
 import zlib
 
 from django.db import OperationalError, connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.db.models import QuerySet
 
 from ..models import AccountCreationRequest, AccountCreationRequestItem
@@ -18,6 +19,13 @@ def skip_locked(queryset: QuerySet) -> QuerySet:
     if connection.features.has_select_for_update_skip_locked:
         return queryset.select_for_update(skip_locked=True, of=("self",))
     return queryset
+
+
+def require_transaction(what: str) -> None:
+    """Fail like Django's select_for_update outside a transaction, for code that locks rows in raw SQL: the
+    locks would be released at once, and the caller's reads and writes would not be protected."""
+    if not connection.in_atomic_block:
+        raise TransactionManagementError(f"{what} locks rows and must run inside a transaction")
 
 
 def wait_locked(queryset: QuerySet) -> QuerySet:

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem
 from .bulk import bulk_update_rows, id_array, update_from_arrays
-from .locking import wait_locked
+from .locking import require_transaction, wait_locked
 from .notifications import notifications_enqueue
 
 Item = AccountCreationRequestItem
@@ -31,6 +31,7 @@ def rollup_items_for_persons(person_ids) -> int:
     person_ids = set(person_ids)
     if not person_ids:
         return 0
+    require_transaction("rollup_items_for_persons")
     items = _lock_open_items(person_ids)
     if not items:
         return 0
@@ -114,6 +115,7 @@ def rollup_requests(request_ids) -> int:
     request_ids = sorted(set(request_ids))
     if not request_ids:
         return 0
+    require_transaction("rollup_requests")
     requests = _lock_requests(request_ids)
     counts = _item_counts(request_ids)
     now = timezone.now()

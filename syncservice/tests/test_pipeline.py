@@ -4,7 +4,8 @@ import json
 
 import pytest
 from django.core.management import CommandError
-from django.db import connection
+from django.db import connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -447,7 +448,10 @@ def test_progress_is_counted_as_items_end_and_an_unmoved_count_is_not_rewritten(
     assert (request.status, request.processed_users, request.completed_at) == ("processing", 1, None)
     stamp = request.updated_at
 
-    rollup_requests([request.pk])  # nothing ended since: the row is left as it is
+    with pytest.raises(TransactionManagementError):  # its row locks would not outlive the statement
+        rollup_requests([request.pk])
+    with transaction.atomic():
+        rollup_requests([request.pk])  # nothing ended since: the row is left as it is
     request.refresh_from_db()
     assert (request.processed_users, request.updated_at) == (1, stamp)
 
