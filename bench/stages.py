@@ -4,8 +4,8 @@ A *pipeline point* for N users starts from empty tables: N users are submitted t
 POSTs, the API's limit; timed: intake at scale), then sync_hr_persons and create_account_tasks run as
 separate subprocesses (bench/stage_probe.py: in-process stage time, queries per batch, and peak RSS from
 wait4), then one process_account_creation_tasks worker with the no-op backend handles the first 3,000 tasks
-of the 3·N backlog, three times over (rewound in between; the median counts; time per task must not grow
-with the backlog), and five more 1,000-user POSTs measure the intake latency against that backlog.
+of the 3·N backlog, three times from the same state (rewound in between; the median counts; time per task
+must not grow with the backlog), and five more 1,000-user POSTs measure the intake latency against that backlog.
 
 The reference of workload 2 starts from the same fresh state (the same users, loaded through the intake
 service) and runs bench/reference.py, the design note's per-row loop, in this process. Both must end in the
@@ -41,14 +41,16 @@ def state_summary() -> dict:
 
 
 PROCESS_SAMPLE = 3000
-PROCESS_RUNS = 3
+PROCESS_RUNS = 3  # odd: the median is one of the runs
 PROBE_POSTS = 5
 
 
 def process_sample(sample: int) -> dict:
-    """The first `sample` no-op tasks of the backlog through one worker, PROCESS_RUNS times with the same
-    tasks (rewound in between); the run of median rate, with every rate. At ~10,000 tasks/s one run lasts
-    a few tenths of a second: a single one is at the mercy of one stall of the machine."""
+    """The first `sample` no-op tasks of the backlog through one worker, PROCESS_RUNS times from the same
+    state (rewound, vacuumed and checkpointed before every run, the first included); the run of median
+    rate, with every rate. At ~10,000 tasks/s one run lasts a few tenths of a second: a single one is at
+    the mercy of one stall of the machine."""
+    assert PROCESS_RUNS % 2 == 1
     rewind = common.Rewind()
     runs = []
     try:
@@ -76,9 +78,7 @@ def pipeline_point(users: int, *, prefix: str = "S") -> dict:
     state = state_summary()
     if state["items_task_created"] != users or state["tasks"] != 3 * users:
         raise RuntimeError(f"bench: the stages left an unexpected state for {users} users: {state}")
-    common.analyze()
-    common.checkpoint()
-    process = process_sample(min(PROCESS_SAMPLE, 3 * users))
+    process = process_sample(min(PROCESS_SAMPLE, 3 * users))  # vacuums and checkpoints before each run
     # Five more 1,000-user POSTs against the backlog of N users: the per-POST latency at this scale.
     extra = intake.intake_volume(PROBE_POSTS * 1000, prefix=f"{prefix}X")
     samples = submitted["times_ms"] + extra["times_ms"]

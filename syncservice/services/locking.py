@@ -22,9 +22,10 @@ def skip_locked(queryset: QuerySet) -> QuerySet:
 
 
 def require_transaction(what: str) -> None:
-    """Fail like Django's select_for_update outside a transaction, for code that locks rows in raw SQL: the
-    locks would be released at once, and the caller's reads and writes would not be protected."""
-    if not connection.in_atomic_block:
+    """For code that locks rows in raw SQL, the check Django's select_for_update makes: on a database with
+    row locks, refuse to run in autocommit, where the locks would be released at once and the caller's
+    reads and writes would not be protected."""
+    if connection.features.has_select_for_update and connection.get_autocommit():
         raise TransactionManagementError(f"{what} locks rows and must run inside a transaction")
 
 

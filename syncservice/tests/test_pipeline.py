@@ -448,8 +448,9 @@ def test_progress_is_counted_as_items_end_and_an_unmoved_count_is_not_rewritten(
     assert (request.status, request.processed_users, request.completed_at) == ("processing", 1, None)
     stamp = request.updated_at
 
-    with pytest.raises(TransactionManagementError):  # its row locks would not outlive the statement
-        rollup_requests([request.pk])
+    if connection.features.has_select_for_update:
+        with pytest.raises(TransactionManagementError):  # its row locks would not outlive the statement
+            rollup_requests([request.pk])
     with transaction.atomic():
         rollup_requests([request.pk])  # nothing ended since: the row is left as it is
     request.refresh_from_db()
