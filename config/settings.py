@@ -276,6 +276,11 @@ HR_HTTP_RETRIES = env_int("HR_HTTP_RETRIES", 2)
 CALLBACK_ALLOWED_HOSTS = env_list("CALLBACK_ALLOWED_HOSTS", [])
 CALLBACK_ALLOW_PRIVATE_NETWORKS = env_bool("CALLBACK_ALLOW_PRIVATE_NETWORKS", False)
 CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10.0)
+# https callbacks are verified against these CAs (a PEM file) instead of the public ones (certifi's bundle):
+# an internal CA for internal receivers. To trust both, put both in the file.
+CALLBACK_CA_BUNDLE = os.environ.get("CALLBACK_CA_BUNDLE", "")
+if CALLBACK_CA_BUNDLE and not os.path.isfile(CALLBACK_CA_BUNDLE):
+    raise ImproperlyConfigured(f"CALLBACK_CA_BUNDLE={CALLBACK_CA_BUNDLE!r} is not a readable file")
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 8)
 NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0)
 NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 3600.0)

@@ -366,7 +366,8 @@ def _post(target: CallbackTarget, body: bytes, headers: dict, timeout: float) ->
     for address in addresses:
         options = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False, "maxsize": 1}
         if target.scheme == "https":
-            options.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle_path(), assert_hostname=target.host)
+            options.update(cert_reqs="CERT_REQUIRED", ca_certs=settings.CALLBACK_CA_BUNDLE or ca_bundle_path(),
+                           assert_hostname=target.host)
             if not host_is_literal:
                 options["server_hostname"] = target.host
             pool = urllib3.HTTPSConnectionPool(address, target.port, **options)

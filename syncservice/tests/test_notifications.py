@@ -8,12 +8,17 @@ import datetime as dt
 import json
 import re
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
+from pathlib import Path
 
 import pytest
+import trustme
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection, transaction
@@ -61,8 +66,10 @@ def notification_settings(settings):
 class Receiver:
     """A callback endpoint on loopback: verifies each delivery, answers from a script of status codes."""
 
-    def __init__(self, secret: str, statuses=(), *, delay: float = 0.0, headers: dict | None = None):
+    def __init__(self, secret: str, statuses=(), *, delay: float = 0.0, headers: dict | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.secret = secret
+        self.scheme, self.host = ("https", "localhost") if tls else ("http", "127.0.0.1")
         self.statuses = list(statuses)  # answered in order; 204 once they run out
         self.delay = delay
         self.headers = headers or {}
@@ -98,11 +105,13 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:  # the handshake happens on accept; a client that refuses the certificate never gets a request in
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str = "/hooks/accounts") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"{self.scheme}://{self.host}:{self.server.server_address[1]}{path}"
 
     def close(self):
         self.server.shutdown()
@@ -299,6 +308,80 @@ def test_redirects_are_not_followed(hr_caller, secret, receivers):
     notification = webhook_of(request)
     assert notification.status == "pending" and notification.last_status_code == 302
     assert notification.last_error == "HTTP 302: redirects are not followed"
+
+
+# --- https callbacks: a TLS receiver on loopback, certificates from a private CA ---------------------
+
+@pytest.fixture
+def internal_ca(settings, tmp_path):
+    """A private CA, as an enterprise's internal receivers have; `localhost` allowed as a callback host."""
+    settings.CALLBACK_ALLOWED_HOSTS = ["localhost"]
+    ca = trustme.CA(organization_name="Internal Test CA")
+    ca.bundle = tmp_path / "internal-ca.pem"
+    ca.cert_pem.write_to_path(str(ca.bundle))
+    return ca
+
+
+def served_by(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
+def test_https_callback_to_an_internal_receiver_is_verified_against_the_configured_ca(
+        hr_caller, secret, receivers, internal_ca, settings):
+    settings.CALLBACK_CA_BUNDLE = str(internal_ca.bundle)
+    receiver = receivers(secret, tls=served_by(internal_ca, "localhost"))
+    request = finished_request(hr_caller.api_client, callback_url=receiver.url())
+    assert request.callback_url.startswith("https://localhost:")
+
+    counts = deliver()
+
+    assert counts["delivered"] == 1
+    [delivery] = receiver.deliveries
+    assert delivery["verified"] and delivery["envelope"]["data"]["status"] == "completed"
+    assert delivery["headers"]["host"] == f"localhost:{receiver.server.server_address[1]}"
+    assert webhook_of(request).status == "delivered"
+
+
+def test_https_callback_with_a_certificate_the_service_does_not_trust_is_not_sent(
+        hr_caller, secret, receivers, internal_ca, settings):
+    settings.CALLBACK_CA_BUNDLE = ""  # the public CAs only: the internal CA is unknown
+    receiver = receivers(secret, tls=served_by(internal_ca, "localhost"))
+    request = finished_request(hr_caller.api_client, callback_url=receiver.url())
+
+    counts = deliver(limit=1)
+
+    assert counts["delivered"] == 0 and receiver.deliveries == []
+    notification = webhook_of(request)
+    assert notification.status == "pending" and notification.attempts == 1  # retried: the CA may be added
+    assert "CERTIFICATE_VERIFY_FAILED" in notification.last_error
+    assert "unable to get local issuer certificate" in notification.last_error
+
+
+def test_https_callback_to_a_receiver_whose_certificate_names_another_host_is_not_sent(
+        hr_caller, secret, receivers, internal_ca, settings):
+    settings.CALLBACK_CA_BUNDLE = str(internal_ca.bundle)
+    receiver = receivers(secret, tls=served_by(internal_ca, "hooks.internal.example"))
+    request = finished_request(hr_caller.api_client, callback_url=receiver.url())
+
+    deliver(limit=1)
+
+    assert receiver.deliveries == []
+    notification = webhook_of(request)
+    assert notification.status == "pending"
+    assert notification.last_error.endswith(
+        "CertificateError: hostname 'localhost' doesn't match 'hooks.internal.example'")
+
+
+def test_a_ca_bundle_that_is_not_a_file_stops_the_service_at_start(tmp_path):
+    missing = tmp_path / "no-such-ca.pem"
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "config.settings", "DJANGO_DEBUG": "1",
+           "CALLBACK_CA_BUNDLE": str(missing)}
+    run = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env,
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert f"CALLBACK_CA_BUNDLE='{missing}' is not a readable file" in run.stderr
 
 
 # --- Where callbacks may go ----------------------------------------------------------------------
