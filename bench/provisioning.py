@@ -94,21 +94,33 @@ def ideal_rate(latency_ms: int) -> tuple[float, dict]:
     return sum(concurrency.values()) / (latency_ms / 1000), concurrency
 
 
-def throughput(users: int = 1000, latency_ms: int = 50) -> dict:
-    """Workload 3: local backends with injected latency; one worker, then two."""
+THROUGHPUT_ROUNDS = 3  # odd: the median is one of the runs
+
+
+def median_run(runs: list[dict]) -> dict:
+    assert len(runs) % 2 == 1
+    return sorted(runs, key=lambda run: run["window_rate"])[len(runs) // 2]
+
+
+def throughput(users: int = 1000, latency_ms: int = 50, rounds: int = THROUGHPUT_ROUNDS) -> dict:
+    """Workload 3: local backends with injected latency; one worker, then two, `rounds` times in turn on fresh
+    tasks each time, so that both see the same stretch of the machine; the median run of each counts."""
     env = {"LOCAL_BACKEND_LATENCY_MS": latency_ms}
     ideal, concurrency = ideal_rate(latency_ms)
-    tasks = prepare_tasks(users)
-    one = run_workers(1, env, expected=tasks)
-    tasks = prepare_tasks(users)
-    two = run_workers(2, env, expected=tasks)
     threads = sum(concurrency.values())
-    for run in (one, two):
-        # Share of the time the backend threads spent inside calls: 1.0 means they never waited for work.
-        run["thread_busy"] = run["tasks"] * run["avg_call_ms"] / 1000 / (run["window_s"] * threads * run["workers"])
+    ones, twos = [], []
+    for _ in range(rounds):
+        for workers, runs in ((1, ones), (2, twos)):
+            tasks = prepare_tasks(users)
+            run = run_workers(workers, env, expected=tasks)
+            # Share of the time the backend threads spent inside calls: 1.0 means they never waited for work.
+            run["thread_busy"] = run["tasks"] * run["avg_call_ms"] / 1000 / (run["window_s"] * threads * workers)
+            runs.append(run)
+    one, two = median_run(ones), median_run(twos)
     return {
         "users": users, "latency_ms": latency_ms, "concurrency": concurrency, "ideal_rate": ideal,
-        "one": one, "two": two,
+        "rounds": rounds, "one": one, "two": two,
+        "one_rates": [run["window_rate"] for run in ones], "two_rates": [run["window_rate"] for run in twos],
         "one_vs_ideal": one["window_rate"] / ideal, "two_vs_one": two["window_rate"] / one["window_rate"],
         "one_vs_ideal_wall": one["wall_rate"] / ideal, "two_vs_one_wall": two["wall_rate"] / one["wall_rate"],
     }

@@ -50,7 +50,6 @@ def process_sample(sample: int) -> dict:
     state (rewound, vacuumed and checkpointed before every run, the first included); the run of median
     rate, with every rate. At ~10,000 tasks/s one run lasts a few tenths of a second: a single one is at
     the mercy of one stall of the machine."""
-    assert PROCESS_RUNS % 2 == 1
     rewind = common.Rewind()
     runs = []
     try:
@@ -61,8 +60,7 @@ def process_sample(sample: int) -> dict:
                                                  extra_args=["--limit", str(sample)]))
     finally:
         rewind.close()
-    rates = sorted(run["window_rate"] for run in runs)
-    median = next(run for run in runs if run["window_rate"] == rates[len(rates) // 2])
+    median = provisioning.median_run(runs)
     return {**median, "runs": len(runs), "window_rates": [run["window_rate"] for run in runs],
             "maxrss_mib": max(run["maxrss_mib"] for run in runs)}
 
