@@ -1,7 +1,8 @@
 """Completion notifications: signed callbacks to a real receiver on loopback, retries, emails, the outbox.
 
 The receiver is a real HTTP server in a thread that verifies every signature with the `standardwebhooks`
-package (the reference implementation), not with the service's own signing code.
+package (the reference implementation), not with the service's own signing code; for the https tests it
+speaks TLS with certificates from a private CA made by `trustme`.
 """
 
 import datetime as dt
@@ -313,13 +314,18 @@ def test_redirects_are_not_followed(hr_caller, secret, receivers):
 # --- https callbacks: a TLS receiver on loopback, certificates from a private CA ---------------------
 
 @pytest.fixture
-def internal_ca(settings, tmp_path):
+def internal_ca(settings) -> trustme.CA:
     """A private CA, as an enterprise's internal receivers have; `localhost` allowed as a callback host."""
     settings.CALLBACK_ALLOWED_HOSTS = ["localhost"]
-    ca = trustme.CA(organization_name="Internal Test CA")
-    ca.bundle = tmp_path / "internal-ca.pem"
-    ca.cert_pem.write_to_path(str(ca.bundle))
-    return ca
+    return trustme.CA(organization_name="Internal Test CA")
+
+
+@pytest.fixture
+def internal_ca_file(internal_ca, tmp_path) -> str:
+    """The private CA's certificate as a PEM file, what CALLBACK_CA_BUNDLE names."""
+    path = tmp_path / "internal-ca.pem"
+    internal_ca.cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 def served_by(ca: trustme.CA, *names: str) -> ssl.SSLContext:
@@ -329,8 +335,8 @@ def served_by(ca: trustme.CA, *names: str) -> ssl.SSLContext:
 
 
 def test_https_callback_to_an_internal_receiver_is_verified_against_the_configured_ca(
-        hr_caller, secret, receivers, internal_ca, settings):
-    settings.CALLBACK_CA_BUNDLE = str(internal_ca.bundle)
+        hr_caller, secret, receivers, internal_ca, internal_ca_file, settings):
+    settings.CALLBACK_CA_BUNDLE = internal_ca_file
     receiver = receivers(secret, tls=served_by(internal_ca, "localhost"))
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
     assert request.callback_url.startswith("https://localhost:")
@@ -360,8 +366,8 @@ def test_https_callback_with_a_certificate_the_service_does_not_trust_is_not_sen
 
 
 def test_https_callback_to_a_receiver_whose_certificate_names_another_host_is_not_sent(
-        hr_caller, secret, receivers, internal_ca, settings):
-    settings.CALLBACK_CA_BUNDLE = str(internal_ca.bundle)
+        hr_caller, secret, receivers, internal_ca, internal_ca_file, settings):
+    settings.CALLBACK_CA_BUNDLE = internal_ca_file
     receiver = receivers(secret, tls=served_by(internal_ca, "hooks.internal.example"))
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
