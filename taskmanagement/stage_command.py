@@ -49,6 +49,9 @@ def record_lost_failure(*, stage: str, summary: str) -> None:
 class StageCommand(BaseCommand):
     stage: str = ""
     stoppable = False  # True: SIGTERM/SIGINT stop claiming and let in-flight work finish
+    # Cron starts these every few minutes: Django's system checks (models, URLs, settings; ~0.1 s, a fifth of
+    # a start-up) belong to deployment (`manage.py check --deploy`, `migrate`), as for the web server's workers.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Report what would be done; change nothing.")
