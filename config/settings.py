@@ -279,7 +279,7 @@ CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10.0)
 # https callbacks are verified against these CAs (a PEM file) instead of the public ones (certifi's bundle):
 # an internal CA for internal receivers. To trust both, put both in the file.
 CALLBACK_CA_BUNDLE = os.environ.get("CALLBACK_CA_BUNDLE", "")
-if CALLBACK_CA_BUNDLE and not os.path.isfile(CALLBACK_CA_BUNDLE):
+if CALLBACK_CA_BUNDLE and not (os.path.isfile(CALLBACK_CA_BUNDLE) and os.access(CALLBACK_CA_BUNDLE, os.R_OK)):
     raise ImproperlyConfigured(f"CALLBACK_CA_BUNDLE={CALLBACK_CA_BUNDLE!r} is not a readable file")
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 8)
 NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0)

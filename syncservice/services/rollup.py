@@ -31,7 +31,6 @@ def rollup_items_for_persons(person_ids) -> int:
     person_ids = set(person_ids)
     if not person_ids:
         return 0
-    require_transaction("rollup_items_for_persons")
     items = _lock_open_items(person_ids)
     if not items:
         return 0
@@ -81,6 +80,7 @@ def _lock_open_items(person_ids: set[int]) -> list[tuple]:
         return [(i, p, r, systems, cancelled is not None) for i, p, r, systems, cancelled in wait_locked(
             Item.objects.filter(hr_person_id__in=person_ids, status=Item.Status.TASK_CREATED).order_by("id")
         ).values_list("id", "hr_person_id", "request_id", "request__system_list", "request__cancel_requested_at")]
+    require_transaction("rollup_items_for_persons")  # the check select_for_update makes, for the raw lock
     with connection.cursor() as cursor:
         cursor.execute(
             f'SELECT i.id, i.hr_person_id, i.request_id, r.system_list::text, r.cancel_requested_at IS NOT NULL '
@@ -108,14 +108,12 @@ def _account_states(person_ids: set[int]) -> dict[tuple[int, str], tuple[str, st
 def rollup_requests(request_ids) -> int:
     """Recount items of these requests; finalize those whose items are all final. Return how many ended.
 
-    Called for every batch of results, so it reads and writes plain rows; only the requests that end are
-    loaded as models, for their error summary and notifications. A request whose count did not move is
-    not written.
+    Called for every batch of results, so it reads plain rows and writes only the requests whose count
+    moved; only the requests that end are loaded as models, for their error summary and notifications.
     """
     request_ids = sorted(set(request_ids))
     if not request_ids:
         return 0
-    require_transaction("rollup_requests")
     requests = _lock_requests(request_ids)
     counts = _item_counts(request_ids)
     now = timezone.now()
@@ -156,34 +154,19 @@ def rollup_requests(request_ids) -> int:
 
 def _lock_requests(request_ids: list[int]) -> list[tuple]:
     """Lock these requests in id order; (id, status, total users, processed users, cancel requested)."""
-    if connection.vendor != "postgresql":
-        return [(i, status, total, processed, cancelled is not None) for i, status, total, processed, cancelled
-                in wait_locked(Request.objects.filter(id__in=request_ids).order_by("id")).values_list(
-                    "id", "status", "total_users", "processed_users", "cancel_requested_at")]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f'SELECT id, status, total_users, processed_users, cancel_requested_at IS NOT NULL '
-            f'FROM "{Request._meta.db_table}" WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE',
-            [id_array(request_ids)])
-        return cursor.fetchall()
+    return [(i, status, total, processed, cancelled is not None) for i, status, total, processed, cancelled
+            in wait_locked(Request.objects.filter(id__in=request_ids).order_by("id")).values_list(
+                "id", "status", "total_users", "processed_users", "cancel_requested_at")]
 
 
 def _item_counts(request_ids: list[int]) -> dict[int, tuple[int, int, int]]:
-    """request → (completed, failed, cancelled) items."""
-    final = (Item.Status.COMPLETED.value, Item.Status.FAILED.value, Item.Status.CANCELLED.value)
-    if connection.vendor != "postgresql":
-        rows = Item.objects.filter(request_id__in=request_ids).values("request_id").annotate(
-            completed=Count("id", filter=Q(status=final[0])), failed=Count("id", filter=Q(status=final[1])),
-            cancelled=Count("id", filter=Q(status=final[2])),
-        ).values_list("request_id", "completed", "failed", "cancelled")
-    else:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT request_id, count(*) FILTER (WHERE status = %s), count(*) FILTER (WHERE status = %s), "
-                f'count(*) FILTER (WHERE status = %s) FROM "{Item._meta.db_table}" '
-                f"WHERE request_id = ANY(%s::bigint[]) AND status = ANY(%s) GROUP BY request_id",
-                [*final, id_array(request_ids), list(final)])
-            rows = cursor.fetchall()
+    """request → (completed, failed, cancelled) items; only final items are read."""
+    rows = Item.objects.filter(request_id__in=request_ids, status__in=Item.FINAL_STATUSES).values(
+        "request_id").annotate(
+        completed=Count("id", filter=Q(status=Item.Status.COMPLETED)),
+        failed=Count("id", filter=Q(status=Item.Status.FAILED)),
+        cancelled=Count("id", filter=Q(status=Item.Status.CANCELLED)),
+    ).values_list("request_id", "completed", "failed", "cancelled")
     return {request_id: (completed, failed, cancelled) for request_id, completed, failed, cancelled in rows}
 
 

@@ -20,7 +20,7 @@ from syncservice.models import (
     TaskAttempt,
 )
 from syncservice.services.provisioning import claim_due_tasks, call_backend, record_results, ProcessResult
-from syncservice.services.rollup import rollup_requests
+from syncservice.services.rollup import rollup_items_for_persons, rollup_requests
 from taskmanagement.models import TaskRun
 
 from .fixtures import STAGES, make_users, note_example, requires_postgres, run_pipeline, stage
@@ -451,6 +451,8 @@ def test_progress_is_counted_as_items_end_and_an_unmoved_count_is_not_rewritten(
     if connection.features.has_select_for_update:
         with pytest.raises(TransactionManagementError):  # its row locks would not outlive the statement
             rollup_requests([request.pk])
+        with pytest.raises(TransactionManagementError):  # the items' lock is raw SQL: the same check
+            rollup_items_for_persons(set(AccountCreationRequestItem.objects.values_list("hr_person_id", flat=True)))
     with transaction.atomic():
         rollup_requests([request.pk])  # nothing ended since: the row is left as it is
     request.refresh_from_db()
