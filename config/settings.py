@@ -166,7 +166,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["syncservice.api.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "syncservice.api.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["syncservice.api.throttling.ClientRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
@@ -250,7 +250,7 @@ EXMAIL_API_URL = os.environ.get("EXMAIL_API_URL", "https://api.exmail.qq.com")
 EXMAIL_CORP_ID = os.environ.get("EXMAIL_CORP_ID", "")
 EXMAIL_CORP_SECRET = os.environ.get("EXMAIL_CORP_SECRET", "")
 EXMAIL_DEPARTMENT_ID = os.environ.get("EXMAIL_DEPARTMENT_ID", "1")
-# Outbound limits per target system, held across every worker process together (services/pacing.py):
+# Outbound limits per target system, held across every worker process together (backends/pacing.py):
 # calls per second (0 = unlimited) and calls in flight (0 = only the per-process *_CONCURRENCY).
 # WeLink allows 40 calls/s per client and Tencent Exmail 500 calls/min.
 IDAAS_MAX_CALLS_PER_SECOND = env_float("IDAAS_MAX_CALLS_PER_SECOND", 0.0)

@@ -1,11 +1,8 @@
-"""URL routes: the API, the task-management endpoints, the schema and the admin."""
+"""URL routes: the API, the task-management endpoints, dashboard and probes, the schema and the admin."""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-
-from taskmanagement.dashboard import dashboard_view
-from taskmanagement.health import healthz, readyz
 
 urlpatterns = [
     path("account-creation/", include("syncservice.api.urls")),
@@ -14,10 +11,9 @@ urlpatterns = [
          name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[],
                                                       authentication_classes=[]), name="api-docs"),
-    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="admin-dashboard"),
+    # Before the admin's own routes, whose catch-all would answer /admin/dashboard/ with a 404.
+    path("", include("taskmanagement.site_urls")),
     path("admin/", admin.site.urls),
-    path("healthz", healthz, name="healthz"),
-    path("readyz", readyz, name="readyz"),
 ]
 
 admin.site.site_header = "账号开通服务管理后台"

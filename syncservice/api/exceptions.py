@@ -10,8 +10,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
 
-from syncservice.api.parsers import PayloadTooLarge
-from syncservice.errors import ServiceError
+from ..errors import ServiceError
+from .parsers import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
