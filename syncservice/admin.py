@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils.html import format_html
 
+from config.logging import mask_phone
+
 from .errors import InvalidTransition
 from .models import (
     Account,
@@ -20,15 +22,6 @@ from .models import (
 )
 from .services.lifecycle import items_retry, request_cancel, request_retry, tasks_retry
 from .services.notifications import notifications_resend
-
-
-def mask_phone(phone: str) -> str:
-    """13800138001 → 138****8001: enough to recognise, not enough to call."""
-    if not phone:
-        return ""
-    if len(phone) <= 7:
-        return phone[:2] + "*" * (len(phone) - 2)
-    return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
 
 
 class ReadOnlyAdminMixin:
@@ -84,7 +77,7 @@ class RequestItemInline(admin.TabularInline):
 
     @admin.display(description="电话号码")
     def masked_phone(self, obj):
-        return mask_phone(obj.phone_number)
+        return mask_phone(obj.phone_number) if obj.phone_number else ""
 
 
 def progress_bar(request: AccountCreationRequest):
@@ -173,7 +166,7 @@ class AccountCreationRequestItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="电话号码")
     def masked_phone(self, obj):
-        return mask_phone(obj.phone_number)
+        return mask_phone(obj.phone_number) if obj.phone_number else ""
 
 
 class AccountInline(admin.TabularInline):
@@ -197,7 +190,7 @@ class HrPersonAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="电话号码")
     def masked_phone(self, obj):
-        return mask_phone(obj.telephone_number1)
+        return mask_phone(obj.telephone_number1) if obj.telephone_number1 else ""
 
 
 @admin.register(Account)

@@ -56,7 +56,9 @@ def get_hr_backend() -> HrSourceBackend:
 
 def reset_backends() -> None:
     """Drop cached backends (tests change settings between runs)."""
-    from ..services.pacing import reset_local_pacing
+    # Imported here: pacing reads the TargetThrottle model, and this package (backends.base with it) must
+    # import before the app registry is ready.
+    from .pacing import reset_local_pacing
 
     with _lock:
         for backend in _instances.values():

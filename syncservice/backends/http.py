@@ -14,23 +14,22 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from ..services.pacing import pause, pace
+from config.logging import RedactingFilter, mask_phones, redact
+
 from .base import Outcome, PersonSnapshot
+from .pacing import pace, pause
 
 logger = logging.getLogger("syncservice.backends.http")
 
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 MAX_BODY_IN_MESSAGE = 500
-
-_query_re = re.compile(r"\?[^\s'\"]*")
-_mobile_re = re.compile(r"(?<!\d)(\+?86[- ]?)?(1\d{2})\d{4}(\d{4})(?!\d)")
 
 
 class TargetError(Exception):
@@ -44,38 +43,8 @@ class TargetError(Exception):
         return TargetError(replace(self.outcome, state=state))
 
 
-# --- Redaction -----------------------------------------------------------------------------------
-
-def mask_phone(phone: str) -> str:
-    """138****8001: enough to recognise a number in a log, not enough to call it."""
-    digits = national_mobile(phone)
-    if len(digits) < 8:
-        return "****"
-    return f"{digits[:3]}****{digits[-4:]}"
-
-
-def mask_phones(text: str) -> str:
-    """Mask every mainland mobile number inside a free text (vendor messages may quote one)."""
-    return _mobile_re.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}****{m.group(3)}", text or "")
-
-
-def redact(text: str) -> str:
-    """Drop query strings (they may hold a token or a secret) and mask phone numbers."""
-    return mask_phones(_query_re.sub("?…", text or ""))
-
-
-class RedactingFilter(logging.Filter):
-    """Strips query strings and phone numbers from urllib3's debug lines ("GET /path?access_token=… 200")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(RedactingFilter())
+# urllib3's debug lines ("GET /path?access_token=… 200") carry the full URL: cut the query before any handler.
+logging.getLogger("urllib3.connectionpool").addFilter(RedactingFilter(drop_query_strings=True))
 
 
 # --- Person identity helpers ------------------------------------------------------------------------
@@ -142,8 +111,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 # --- Tokens ------------------------------------------------------------------------------------------
@@ -255,7 +224,7 @@ class HttpClient:
 
 def _describe(exc: Exception) -> str:
     # requests puts the URL, query string included, in its messages: strip it before it travels on.
-    return f"{type(exc).__name__}: {redact(str(exc))}"[:MAX_BODY_IN_MESSAGE]
+    return f"{type(exc).__name__}: {redact(str(exc), drop_query_strings=True)}"[:MAX_BODY_IN_MESSAGE]
 
 
 def safe_json(response: requests.Response):

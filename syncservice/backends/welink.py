@@ -1,7 +1,7 @@
 """WeLink (open.welink.huaweicloud.com): bulk user sync, asynchronous; poll the status endpoint until opened.
 
 Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); WELINK_MAX_CALLS_PER_SECOND
-and WELINK_MAX_CONCURRENCY hold across every worker (services/pacing.py).
+and WELINK_MAX_CONCURRENCY hold across every worker (backends/pacing.py).
 The user is keyed by corpUserId = employee number. A call either finds the account open (linked), submits it
 (in progress, ``state["submitted"]``), or polls a submitted job until 47109 (created). The external id is
 WeLink's own userId when the lookup reports one, else the corpUserId.
@@ -10,8 +10,17 @@ WeLink's own userId when the lookup reports one, else the corpUserId.
 from django.conf import settings
 
 from .base import Outcome, PersonSnapshot, TargetBackend
-from .http import DEFAULT_RETRY_AFTER_SECONDS, HttpClient, TargetError, TokenCache, json_object, \
-    log_vendor_answer, national_mobile, parse_retry_after, record_belongs_to
+from .http import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    HttpClient,
+    TargetError,
+    TokenCache,
+    json_object,
+    log_vendor_answer,
+    national_mobile,
+    parse_retry_after,
+    record_belongs_to,
+)
 
 DEFAULT_URL = "https://open.welink.huaweicloud.com"
 TOKEN_PATH = "/api/auth/v2/tickets"

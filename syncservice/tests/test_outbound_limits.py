@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from syncservice.backends.pacing import concurrency_slot, pause
 from syncservice.models import AccountCreationTask, TargetThrottle, TaskAttempt
-from syncservice.services.pacing import concurrency_slot, pause
 from syncservice.simulators import welink
 
 from .fixtures import make_users, note_example, requires_postgres
@@ -87,7 +87,7 @@ def test_a_pause_holds_back_every_process():
     paused_at = time.time()
     pause("welink", 3, "test")
     waited, done_at = map(float, python_in_project(
-        "import time; from syncservice.services.pacing import pace; w = pace('welink'); print(w, time.time())",
+        "import time; from syncservice.backends.pacing import pace; w = pace('welink'); print(w, time.time())",
         subprocess_env()).split())
     assert waited > 0
     assert 2.9 <= done_at - paused_at <= 4.5
@@ -112,7 +112,7 @@ def test_the_shared_concurrency_limit_holds_across_processes(settings):
         thread.start()
     assert holding.wait(10)
     try:
-        code = ("from syncservice.services.pacing import concurrency_slot\n"
+        code = ("from syncservice.backends.pacing import concurrency_slot\n"
                 "with concurrency_slot('welink', timeout=0.5) as acquired: print(acquired)")
         assert python_in_project(code, subprocess_env(WELINK_MAX_CONCURRENCY=2)) == "False"
         assert python_in_project(code, subprocess_env(WELINK_MAX_CONCURRENCY=3)) == "True"

@@ -6,15 +6,13 @@ import time
 
 import pytest
 
+from config.logging import mask_phone, mask_phones, redact
 from syncservice.backends import get_backend
 from syncservice.backends.http import (
     TokenCache,
-    mask_phone,
-    mask_phones,
     national_mobile,
     parse_retry_after,
     record_belongs_to,
-    redact,
     strong_password,
 )
 
