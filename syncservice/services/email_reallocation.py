@@ -4,9 +4,9 @@ from collections.abc import Iterable
 
 from django.db import IntegrityError, OperationalError
 
+from ..db.locking import atomic_with_retry, wait_locked
 from ..models import HrPerson
 from .email_address import allocate_email_addresses
-from .locking import atomic_with_retry, wait_locked
 
 
 def person_reallocate_email(*, person_pk: int, taken_email: str, refused: Iterable[str] = ()) -> str:

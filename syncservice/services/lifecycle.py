@@ -4,9 +4,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ..db.locking import wait_locked
 from ..errors import InvalidTransition
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask
-from .locking import wait_locked
 from .rollup import rollup_items_for_persons, rollup_requests
 
 Request = AccountCreationRequest

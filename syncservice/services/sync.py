@@ -10,10 +10,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..backends import get_hr_backend
+from ..db.bulk import bulk_update_rows
+from ..db.locking import advisory_lock, atomic_with_retry, skip_locked
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, HrSyncState
-from .bulk import bulk_update_rows
+from .batches import lock_items_by_request_priority
 from .email_address import allocate_email_addresses
-from .locking import advisory_lock, atomic_with_retry, lock_items_by_request_priority, skip_locked
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def _hr_record(raw: dict) -> dict | None:
     if not number or not name or updated is None or person_id is None:
         return None
     if timezone.is_naive(updated):
-        updated = timezone.make_aware(updated, dt.timezone.utc)
+        updated = timezone.make_aware(updated, dt.UTC)
     departments = raw.get("person_dept") or []
     return {
         "person_id": person_id,

@@ -7,11 +7,17 @@ from django.db import IntegrityError, OperationalError, connection
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from ..db.bulk import bulk_insert_rows, id_array
+from ..db.locking import atomic_with_retry, skip_locked
 from ..models import (
-    Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask, HrPerson, System,
+    Account,
+    AccountCreationRequest,
+    AccountCreationRequestItem,
+    AccountCreationTask,
+    HrPerson,
+    System,
 )
-from .bulk import bulk_insert_rows, id_array
-from .locking import atomic_with_retry, lock_items_by_request_priority, skip_locked
+from .batches import lock_items_by_request_priority
 from .rollup import rollup_items_for_persons
 
 Item = AccountCreationRequestItem

@@ -5,8 +5,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from syncservice.db.bulk import bulk_update_rows
 from syncservice.models import AccountCreationTask, HrPerson
-from syncservice.services.bulk import bulk_update_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,7 @@ TRICKY_TEXT = ["", "NULL", "null", "a,b", "{x}", 'say "hi"', "back\\slash\\", "\
 
 def test_array_writes_round_trip_every_awkward_value():
     """Columns travel as array literals: quoting, NULLs, JSON and time zones must come back unchanged."""
-    from syncservice.services.bulk import insert_from_arrays, update_from_arrays
+    from syncservice.db.bulk import insert_from_arrays, update_from_arrays
     from syncservice.models import Account
 
     person = HrPerson.objects.create(person_id=2, employee_number="E2", full_name="李四", created_by="hr_sync",
@@ -75,7 +75,7 @@ def test_array_writes_round_trip_every_awkward_value():
 
 
 def test_the_where_condition_fences_rows_off():
-    from syncservice.services.bulk import update_from_arrays
+    from syncservice.db.bulk import update_from_arrays
 
     person = HrPerson.objects.create(person_id=3, employee_number="E3", full_name="王五", created_by="hr_sync",
                                      last_updated_by="hr_sync")

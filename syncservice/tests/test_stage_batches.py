@@ -10,12 +10,12 @@ from django.utils import timezone
 from syncservice.models import (
     Account,
     AccountCreationRequest,
-    AccountCreationRequestItem as Item,
     AccountCreationTask,
     HrPerson,
 )
+from syncservice.models import AccountCreationRequestItem as Item
+from syncservice.services.batches import lock_items_by_request_priority
 from syncservice.services.email_address import allocate_email_addresses
-from syncservice.services.locking import lock_items_by_request_priority
 from syncservice.services.sync import claim_pending_requests
 
 from .fixtures import make_users, note_example, requires_postgres, stage

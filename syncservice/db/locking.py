@@ -1,4 +1,4 @@
-"""Row claims and advisory locks that degrade gracefully on SQLite (one worker at a time there)."""
+"""Row claims, advisory locks and retried transactions; they degrade gracefully on SQLite (one worker there)."""
 
 import contextlib
 import logging
@@ -6,10 +6,8 @@ import time
 import zlib
 
 from django.db import OperationalError, connection, transaction
-from django.db.transaction import TransactionManagementError
 from django.db.models import QuerySet
-
-from ..models import AccountCreationRequest, AccountCreationRequestItem
+from django.db.transaction import TransactionManagementError
 
 logger = logging.getLogger(__name__)
 
@@ -81,40 +79,3 @@ def current_lease_tokens(model, ids, *, status: str) -> dict:
     when its claim's token is still the row's (a worker whose lease expired cannot overwrite a newer claim)."""
     return dict(model.objects.select_for_update().filter(id__in=ids, status=status).order_by("id")
                 .values_list("id", "lease_token"))
-
-
-def items_by_request_priority(status: str) -> QuerySet:
-    """Items with `status` of processing requests, highest-priority request first (the portable form).
-
-    On PostgreSQL the stages lock their batches with `lock_items_by_request_priority` instead, which walks
-    the requests one index probe at a time rather than joining and sorting every matching item.
-    """
-    return AccountCreationRequestItem.objects.filter(
-        status=status, request__status=AccountCreationRequest.Status.PROCESSING,
-    ).order_by("-request__priority", "request__created_at", "request_id", "id")
-
-
-def lock_items_by_request_priority(status: str, limit: int, *, fields=("id",)) -> list:
-    """Lock up to `limit` items with `status` of processing requests, skipping items another copy holds;
-    highest-priority request first, then created_at, request id, item id. One statement on PostgreSQL.
-
-    The processing requests are walked in priority order (the `request_claim` index) and each one's items
-    are taken in id order from `request_item_stage` (status, request, id), locked as they are read: the
-    scan stops once `limit` rows came back, so a batch costs the same whatever the backlog. A request's
-    probe is an index lookup that cannot turn into a scan of other requests' items, whatever the
-    statistics say about the (always stale) item statuses. `fields` are loaded; the others are deferred.
-    """
-    if connection.vendor != "postgresql":
-        return list(skip_locked(items_by_request_priority(status).only(*fields))[:limit])
-    Request, Item = AccountCreationRequest, AccountCreationRequestItem
-    columns = ", ".join(f'"{Item._meta.get_field(name).column}"' for name in dict.fromkeys(("id", *fields)))
-    # The ordered subquery is not flattened (it has an ORDER BY) and the LATERAL side depends on it, so the
-    # join is a nested loop that keeps the requests' order; the outer LIMIT stops pulling (and locking)
-    # items as soon as the batch is full.
-    sql = (
-        f"SELECT i.* FROM (SELECT id FROM {Request._meta.db_table} WHERE status = %s "
-        f"ORDER BY priority DESC, created_at, id) r "
-        f"CROSS JOIN LATERAL (SELECT {columns} FROM {Item._meta.db_table} "
-        f"WHERE request_id = r.id AND status = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) i LIMIT %s"
-    )
-    return list(Item.objects.raw(sql, [Request.Status.PROCESSING, status, limit, limit]))

@@ -1,0 +1,1 @@
+"""Database plumbing below the services and the queue: set-based writes, row claims, locks, retried transactions."""
