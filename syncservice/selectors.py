@@ -1,8 +1,9 @@
-"""Read side: the documents the API returns for requests and their items."""
+"""Read side: the documents the API returns for requests and their items, and counts over them."""
 
 import datetime as dt
+from collections.abc import Iterable
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from .errors import RequestNotFound
 from .models import Account, AccountCreationRequest, AccountCreationRequestItem, ApiClient
@@ -12,7 +13,7 @@ def iso_utc(value: dt.datetime | None) -> str | None:
     """Timestamps as the note shows them: UTC, second precision, 'Z' suffix."""
     if value is None:
         return None
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def requests_visible_to(client) -> QuerySet[AccountCreationRequest]:
@@ -101,3 +102,26 @@ def request_document(request: AccountCreationRequest) -> dict:
     document = request_summary(request)
     document["items"] = [item_document(item, request.system_list, accounts) for item in items]
     return document
+
+
+def item_counts_by_request(*, request_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """Ended items per request, in one query: {request pk: {"completed": n, "failed": n, "cancelled": n}}.
+
+    Every request asked about has an entry, with zeros while none of its items has ended.
+    """
+    Status = AccountCreationRequestItem.Status
+    counts = {pk: {"completed": 0, "failed": 0, "cancelled": 0} for pk in request_ids}
+    if not counts:
+        return counts
+    rows = (
+        AccountCreationRequestItem.objects
+        .filter(request_id__in=list(counts), status__in=AccountCreationRequestItem.FINAL_STATUSES)
+        .values("request_id")
+        .annotate(completed=Count("id", filter=Q(status=Status.COMPLETED)),
+                  failed=Count("id", filter=Q(status=Status.FAILED)),
+                  cancelled=Count("id", filter=Q(status=Status.CANCELLED)))
+        .values_list("request_id", "completed", "failed", "cancelled")
+    )
+    for request_id, completed, failed, cancelled in rows:
+        counts[request_id] = {"completed": completed, "failed": failed, "cancelled": cancelled}
+    return counts
