@@ -86,10 +86,10 @@ def worker_main() -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from syncservice.services import provisioning
+    from syncservice.queue import executor
 
     recorded = []
-    run_recorder = provisioning.Recorder._run
+    run_recorder = executor.Recorder._run
 
     def profiled_run(self):
         log, profiler = QueryLog(), cProfile.Profile()
@@ -104,7 +104,7 @@ def worker_main() -> None:
                                 f"accounts, roll-ups): {time.perf_counter() - start:.2f} s alive\n"
                                 f"{log.report()}\n{profile_report(profiler)}\n")
 
-    provisioning.Recorder._run = profiled_run
+    executor.Recorder._run = profiled_run
     print(in_process("process_account_creation_tasks (main thread: claims, lease upkeep)",
                      lambda: call_command("process_account_creation_tasks", stdout=io.StringIO())))
     print("\n".join(recorded))
@@ -149,7 +149,7 @@ def explain_stage_selects(users: int) -> str:
     from django.core.management import call_command
 
     from syncservice.models import AccountCreationRequestItem as Item
-    from syncservice.services.locking import lock_items_by_request_priority
+    from syncservice.services.batches import lock_items_by_request_priority
     from syncservice.services.sync import claim_pending_requests
 
     common.reset_service_data()
@@ -217,7 +217,8 @@ def main() -> int:
     sections.append(in_process(f"create_account_tasks, {users:,} users",
                                lambda: call_command("create_account_tasks", stdout=io.StringIO())))
 
-    for label, env in (("no-op backend", provisioning.NOOP_ENV), ("local backends, 50 ms", {"LOCAL_BACKEND_LATENCY_MS": 50})):
+    for label, env in (("no-op backend", provisioning.NOOP_ENV),
+                       ("local backends, 50 ms", {"LOCAL_BACKEND_LATENCY_MS": 50})):
         provisioning.prepare_tasks(1000)
         start = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "bench.profile", "worker"], cwd=common.PROJECT,

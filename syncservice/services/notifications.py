@@ -19,22 +19,20 @@ import hmac
 import ipaddress
 import json
 import logging
-import random
 import re
 import smtplib
 import time
-import uuid
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import urllib3
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import send_mail
-from django.db.models import Count, F, Q
 from django.utils import timezone
 from requests.certs import where as ca_bundle_path
+
+from config.logging import mask_phone
 
 from ..backends.http import parse_retry_after
 from ..models import (
@@ -45,11 +43,16 @@ from ..models import (
     Notification,
     System,
 )
-from ..selectors import item_document, iso_utc, request_summary
+from ..queue.engines import Claimed
+from ..queue.executor import call_jobs
+from ..queue.executor import run as run_jobs
+from ..queue.handler import Handler
+from ..queue.jobs import claim_due, record
+from ..queue.outcomes import Decision, JobResult, Settled
+from ..queue.table import JobTable
+from ..selectors import iso_utc, item_counts_by_request, item_document, request_summary
 from ..validation import CallbackHostUnresolved, CallbackTarget, CallbackUrlRejected, check_callback_url
 from .clients import WEBHOOK_SECRET_PREFIX, api_client_webhook_secret
-from .bulk import bulk_update_rows
-from .locking import atomic_with_retry, current_lease_tokens, skip_locked
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ STATUS_PHRASES = {
 }
 SYSTEM_NAMES = dict(System.choices)
 
-# Digit runs long enough to be a phone number (a vendor message may quote one): masked in emails.
+# Digit runs long enough to be a phone number (a vendor message may quote one): masked in emails. Wider
+# than the logs' mask_phones, which knows phone formats: an email leaves the service, so any such run goes.
 # ASCII classes on purpose: in "手机号13800138001" the number follows a CJK letter, which \w would match.
 _phone_like_re = re.compile(r"(?<![0-9A-Za-z_+])\+?\d(?:[\d -]*\d){6,}(?![0-9A-Za-z_])")
 
@@ -117,12 +121,12 @@ def notifications_enqueue(*, requests: list[AccountCreationRequest]) -> int:
                      "data": documents[request.pk]},
             max_attempts=settings.NOTIFICATION_MAX_ATTEMPTS,
         ))
-    counts = _item_counts([request.pk for request, _ in emails])
+    counts = item_counts_by_request(request_ids=[request.pk for request, _ in emails])
     for request, address in emails:
         rows.append(Notification(
             request=request, channel=Notification.Channel.EMAIL, target=address,
             message_id=message_id(request, Notification.Channel.EMAIL),
-            payload=email_message(request, counts.get(request.pk, {})),
+            payload=email_message(request, counts[request.pk]),
             max_attempts=settings.NOTIFICATION_MAX_ATTEMPTS,
         ))
     if not rows:
@@ -166,25 +170,9 @@ def status_documents(requests: list[AccountCreationRequest]) -> dict[int, dict]:
     return documents
 
 
-def _item_counts(request_ids: list[int]) -> dict[int, dict]:
-    if not request_ids:
-        return {}
-    return {
-        row["request_id"]: row
-        for row in Item.objects.filter(request_id__in=request_ids).values("request_id").annotate(
-            completed=Count("id", filter=Q(status=Item.Status.COMPLETED)),
-            failed=Count("id", filter=Q(status=Item.Status.FAILED)),
-            cancelled=Count("id", filter=Q(status=Item.Status.CANCELLED)),
-        )
-    }
-
-
 def mask_phone_like(text: str) -> str:
     """138****8001 for every run of digits long enough to be a phone number."""
-    def mask(match: re.Match) -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        return f"{digits[:3]}****{digits[-4:]}" if len(digits) >= 11 else "****"
-    return _phone_like_re.sub(mask, text or "")
+    return _phone_like_re.sub(lambda match: mask_phone(match.group(0)), text or "")
 
 
 def _local(value: dt.datetime | None) -> str:
@@ -233,7 +221,7 @@ def email_message(request: AccountCreationRequest, counts: dict) -> dict:
 def sign_webhook(*, secret: str, message_id: str, timestamp: int, body: str) -> str:
     """The Standard Webhooks signature header value: "v1," + base64(HMAC-SHA256(key, "{id}.{ts}.{body}"))."""
     key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX))
-    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
@@ -241,8 +229,9 @@ def sign_webhook(*, secret: str, message_id: str, timestamp: int, body: str) -> 
 
 @dataclass
 class DeliveryResult:
+    """What one delivery attempt answered."""
+
     notification: Notification
-    token: str
     delivered: bool = False
     retry: bool = False  # worth another attempt (until max_attempts); False with an error: failed for good
     status_code: int | None = None
@@ -250,62 +239,21 @@ class DeliveryResult:
     retry_after: float | None = None
 
 
-def notification_retry_delay(attempts: int, retry_after: float | None = None) -> float:
-    """Capped exponential backoff with jitter, never shorter than what the receiver asked for."""
-    cap = settings.NOTIFICATION_RETRY_MAX_SECONDS
-    delay = min(cap, settings.NOTIFICATION_RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
-    delay *= 0.5 + random.random() / 2
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
-
-
-def _due(now) -> Q:
-    return (Q(status=Notification.Status.PENDING, next_attempt_at__lte=now)
-            | Q(status=Notification.Status.SENDING, lease_expires_at__lt=now))
-
-
-def claim_due_notifications(*, worker: str, limit: int) -> tuple[str, list[Notification]]:
-    """Claim up to `limit` due notifications; return the claim's lease token and the notifications."""
-    token = uuid.uuid4().hex
-
-    def claim():
-        now = timezone.now()
-        rows = list(skip_locked(Notification.objects.filter(_due(now)).select_related("request__client")
-                                .order_by("next_attempt_at", "id"))[:limit])
-        if not rows:
-            return []
-        Notification.objects.filter(id__in=[row.pk for row in rows]).update(
-            status=Notification.Status.SENDING, lease_token=token, attempts=F("attempts") + 1,
-            lease_expires_at=now + dt.timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS),
-        )
-        for row in rows:
-            row.status = Notification.Status.SENDING
-            row.lease_token = token
-            row.attempts += 1
-        return rows
-
-    rows = atomic_with_retry(claim)
-    if rows:
-        logger.debug("%s claimed %d notification(s)", worker, len(rows))
-    return token, rows
-
-
-def send_notification(notification: Notification, token: str) -> DeliveryResult:
+def send_notification(notification: Notification) -> DeliveryResult:
     """Send one claimed notification; never raises, never touches the database."""
     try:
         if notification.channel == Notification.Channel.WEBHOOK:
-            return _send_webhook(notification, token)
-        return _send_email(notification, token)
+            return _send_webhook(notification)
+        return _send_email(notification)
     except Exception as exc:  # a bug must not lose the notification: record it and try again later
         logger.exception("sending notification %s raised", notification.message_id)
-        return DeliveryResult(notification, token, retry=True, error=f"{type(exc).__name__}: {exc}")
+        return DeliveryResult(notification, retry=True, error=f"{type(exc).__name__}: {exc}")
 
 
-def _send_webhook(notification: Notification, token: str) -> DeliveryResult:
+def _send_webhook(notification: Notification) -> DeliveryResult:
     def failed(error: str, *, retry: bool = False, status_code: int | None = None,
                retry_after: float | None = None) -> DeliveryResult:
-        return DeliveryResult(notification, token, retry=retry, status_code=status_code, error=error,
+        return DeliveryResult(notification, retry=retry, status_code=status_code, error=error,
                               retry_after=retry_after)
 
     client = notification.request.client
@@ -342,7 +290,7 @@ def _send_webhook(notification: Notification, token: str) -> DeliveryResult:
     except (urllib3.exceptions.HTTPError, OSError) as e:
         return failed(f"connection to {target.host}:{target.port} failed: {_reason(e)}", retry=True)
     if 200 <= status < 300:
-        return DeliveryResult(notification, token, delivered=True, status_code=status)
+        return DeliveryResult(notification, delivered=True, status_code=status)
     if 300 <= status < 400:
         error = f"HTTP {status}: redirects are not followed"
     else:
@@ -398,91 +346,98 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _send_email(notification: Notification, token: str) -> DeliveryResult:
+def _send_email(notification: Notification) -> DeliveryResult:
     payload = notification.payload
     try:
         send_mail(payload["subject"], payload["body"], None, [notification.target], fail_silently=False)
     except (smtplib.SMTPException, OSError) as e:
-        return DeliveryResult(notification, token, retry=True, error=f"{type(e).__name__}: {e}")
-    return DeliveryResult(notification, token, delivered=True)
+        return DeliveryResult(notification, retry=True, error=f"{type(e).__name__}: {e}")
+    return DeliveryResult(notification, delivered=True)
 
 
-def send_notifications(notifications: list[Notification], token: str) -> list[DeliveryResult]:
-    """Send a claimed batch, a few at a time (slow receivers wait in parallel, not in a row)."""
-    if len(notifications) <= 1:
-        return [send_notification(n, token) for n in notifications]
-    workers = min(len(notifications), max(1, settings.NOTIFICATION_CONCURRENCY))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="notify") as pool:
-        return list(pool.map(lambda n: send_notification(n, token), notifications))
+NOTIFICATIONS = JobTable(
+    model=Notification,
+    ready=(Notification.Status.PENDING,),
+    running=Notification.Status.SENDING,
+    succeeded=Notification.Status.DELIVERED,
+    failed=Notification.Status.FAILED,
+    pending=Notification.Status.PENDING,
+    select_related=("request__client",),
+    result_fields=("last_status_code", "delivered_at"),
+    lease_setting="NOTIFICATION_LEASE_SECONDS",
+    retry_base_setting="NOTIFICATION_RETRY_BASE_SECONDS",
+    retry_cap_setting="NOTIFICATION_RETRY_MAX_SECONDS",
+)
 
 
-RESULT_FIELDS = ["status", "lease_token", "lease_expires_at", "last_status_code", "last_error", "next_attempt_at",
-                 "delivered_at"]
+class NotificationHandler(Handler):
+    """Deliver one completion notification (a signed webhook or an email)."""
+
+    name = "deliver_notification"
+    table = NOTIFICATIONS
+
+    def threads(self, lane) -> int:
+        return settings.NOTIFICATION_CONCURRENCY  # slow receivers wait in parallel, not in a row
+
+    def claim_size(self, lane) -> int:
+        return settings.NOTIFICATION_BATCH_SIZE
+
+    def call(self, lane, jobs: list[Claimed]) -> list[DeliveryResult]:
+        return [send_notification(claimed.job) for claimed in jobs]
+
+    def crashed(self, job: Notification, exc: Exception) -> DeliveryResult:
+        return DeliveryResult(job, retry=True, error=f"{type(exc).__name__}: {exc}")
+
+    def decide(self, result: JobResult, now) -> Decision:
+        notification, delivery = result.job, result.outcome
+        notification.last_status_code = delivery.status_code
+        if delivery.delivered:
+            notification.delivered_at = now
+            return Decision.succeeded()
+        if delivery.retry:
+            return Decision.retry("", delivery.error, retry_after=delivery.retry_after)
+        return Decision.failed("", delivery.error)
+
+    def after_write(self, settled: list[Settled], *, worker: str, now) -> None:
+        for s in settled:
+            notification = s.result.job
+            log = logger.warning if notification.status == Notification.Status.FAILED else logger.info
+            log("notification %s (%s, request %s, attempt %d): %s%s", notification.message_id,
+                notification.channel, notification.request.request_id, notification.attempts, notification.status,
+                f" ({notification.last_error})" if notification.last_error else "")
 
 
-def _apply(result: DeliveryResult, now) -> str:
-    notification = result.notification
-    notification.lease_token = ""
-    notification.lease_expires_at = None
-    notification.last_status_code = result.status_code
-    if result.delivered:
-        notification.status = Notification.Status.DELIVERED
-        notification.delivered_at = now
-        notification.last_error = ""
-        return "delivered"
-    if result.retry and notification.attempts < notification.max_attempts:
-        notification.status = Notification.Status.PENDING
-        notification.next_attempt_at = now + dt.timedelta(
-            seconds=notification_retry_delay(notification.attempts, result.retry_after))
-        notification.last_error = result.error
-        return "retried"
-    notification.status = Notification.Status.FAILED
-    notification.last_error = (f"gave up after {notification.attempts} attempts: {result.error}" if result.retry
-                               else result.error)
-    return "failed"
+NOTIFY = NotificationHandler()
+
+# The verdicts as a notification's outcome is named.
+_VERDICT_NAMES = {"succeeded": "delivered", "retried": "retried", "failed": "failed"}
 
 
-def record_deliveries(results: list[DeliveryResult]) -> tuple[Counter, int]:
+def claim_due_notifications(*, worker: str, limit: int) -> tuple[str, list[Claimed]]:
+    """Claim up to `limit` due notifications; return the claim's lease token and the claims."""
+    claimed = claim_due(NOTIFICATIONS, limit=limit, worker=worker)
+    return (claimed[0].token if claimed else ""), claimed
+
+
+def deliver(claimed: Claimed) -> JobResult:
+    """Send one claimed notification (outside any transaction)."""
+    [result] = call_jobs(NOTIFY, None, [claimed])
+    return result
+
+
+def record_deliveries(results: list[JobResult]) -> tuple[Counter, int]:
     """Write a batch of delivery results, fenced by each claim's lease token; return verdicts and fenced-off."""
-    def write():
-        now = timezone.now()
-        current = current_lease_tokens(Notification, [r.notification.pk for r in results],
-                                       status=Notification.Status.SENDING)
-        kept = [r for r in results if current.get(r.notification.pk) == r.token]
-        verdicts = Counter(_apply(r, now) for r in kept)
-        if kept:
-            bulk_update_rows([r.notification for r in kept], RESULT_FIELDS)
-        return verdicts, kept
-
-    verdicts, kept = atomic_with_retry(write)
-    for result in kept:
-        notification = result.notification
-        log = logger.warning if notification.status == Notification.Status.FAILED else logger.info
-        log("notification %s (%s, request %s, attempt %d): %s%s", notification.message_id, notification.channel,
-            notification.request.request_id, notification.attempts, notification.status,
-            f" ({notification.last_error})" if notification.last_error else "")
-    fenced = len(results) - len(kept)
-    if fenced:
-        logger.warning("%d notification result(s) discarded: their lease had expired and they were claimed again",
-                       fenced)
-    return verdicts, fenced
+    verdicts, fenced = record(NOTIFY, results, worker="")
+    return Counter({_VERDICT_NAMES[verdict]: n for verdict, n in verdicts.items()}), fenced
 
 
 def deliver_due_notifications(*, worker: str, limit: int | None = None) -> dict:
     """Send due notifications until none is due or `limit` were claimed; return counts by outcome."""
-    counts = {"claimed": 0, "delivered": 0, "retried": 0, "failed": 0, "fenced_off": 0}
-    while limit is None or counts["claimed"] < limit:
-        size = settings.NOTIFICATION_BATCH_SIZE
-        if limit is not None:
-            size = min(size, limit - counts["claimed"])
-        token, batch = claim_due_notifications(worker=worker, limit=size)
-        if not batch:
-            break
-        counts["claimed"] += len(batch)
-        verdicts, fenced = record_deliveries(send_notifications(batch, token))
-        for verdict, number in verdicts.items():
-            counts[verdict] += number
-        counts["fenced_off"] += fenced
+    tally = run_jobs([NOTIFY], worker=worker, limits={NOTIFY.name: limit},
+                     deadline=time.monotonic() + settings.PROCESS_STAGE_MAX_SECONDS)[NOTIFY.name]
+    counts = {"claimed": tally.claimed, "delivered": 0, "retried": 0, "failed": 0, "fenced_off": tally.fenced_off}
+    for verdict, number in tally.verdicts.items():
+        counts[_VERDICT_NAMES[verdict]] += number
     return counts
 
 

@@ -10,12 +10,12 @@ import json
 from collections import defaultdict
 
 from django.db import connection
-from django.db.models import Count, Q
 from django.utils import timezone
 
+from ..db.bulk import bulk_update_rows, id_array, update_from_arrays
+from ..db.locking import require_transaction, wait_locked
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem
-from .bulk import bulk_update_rows, id_array, update_from_arrays
-from .locking import require_transaction, wait_locked
+from ..selectors import item_counts_by_request
 from .notifications import notifications_enqueue
 
 Item = AccountCreationRequestItem
@@ -115,14 +115,14 @@ def rollup_requests(request_ids) -> int:
     if not request_ids:
         return 0
     requests = _lock_requests(request_ids)
-    counts = _item_counts(request_ids)
+    counts = item_counts_by_request(request_ids=request_ids)
     now = timezone.now()
     moved: dict[str, list] = {"id": [], "processed_users": []}
     ended: dict[int, tuple[str, int]] = {}
     for request_id, status, total, processed_before, cancelling in requests:
         if status in Request.FINAL_STATUSES:
             continue
-        completed, failed, cancelled = counts.get(request_id, (0, 0, 0))
+        completed, failed, cancelled = (counts[request_id][key] for key in ("completed", "failed", "cancelled"))
         processed = completed + failed + cancelled
         if processed == total and status == Request.Status.PROCESSING:
             if cancelled or cancelling:
@@ -157,17 +157,6 @@ def _lock_requests(request_ids: list[int]) -> list[tuple]:
     return [(i, status, total, processed, cancelled is not None) for i, status, total, processed, cancelled
             in wait_locked(Request.objects.filter(id__in=request_ids).order_by("id")).values_list(
                 "id", "status", "total_users", "processed_users", "cancel_requested_at")]
-
-
-def _item_counts(request_ids: list[int]) -> dict[int, tuple[int, int, int]]:
-    """request → (completed, failed, cancelled) items; only final items are read."""
-    rows = Item.objects.filter(request_id__in=request_ids, status__in=Item.FINAL_STATUSES).values(
-        "request_id").annotate(
-        completed=Count("id", filter=Q(status=Item.Status.COMPLETED)),
-        failed=Count("id", filter=Q(status=Item.Status.FAILED)),
-        cancelled=Count("id", filter=Q(status=Item.Status.CANCELLED)),
-    ).values_list("request_id", "completed", "failed", "cancelled")
-    return {request_id: (completed, failed, cancelled) for request_id, completed, failed, cancelled in rows}
 
 
 def error_summaries(request_ids: list[int]) -> dict[int, dict]:

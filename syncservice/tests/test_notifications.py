@@ -30,15 +30,16 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from syncservice import selectors, validation
 from syncservice.backends import reset_backends
 from syncservice.models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, Notification
+from syncservice.queue.outcomes import table_backoff_delay
 from syncservice.services.clients import api_client_rotate_webhook_secret
 from syncservice.services.intake import new_request_id
 from syncservice.services.notifications import (
+    NOTIFICATIONS,
     claim_due_notifications,
+    deliver,
     deliver_due_notifications,
-    notification_retry_delay,
     notifications_enqueue,
     record_deliveries,
-    send_notification,
 )
 from syncservice.services.rollup import rollup_requests
 
@@ -170,7 +171,7 @@ def finished_request(client, *, callback_url: str = "", business_key: str = "B-1
     return request
 
 
-def deliver(**options) -> dict:
+def deliver_all(**options) -> dict:
     return deliver_due_notifications(worker="test-worker", **options)
 
 
@@ -185,7 +186,7 @@ def test_callback_is_signed_the_standard_webhooks_way_and_carries_the_status_doc
     receiver = receivers(secret)
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["delivered"] == 1 and counts["failed"] == 0
     [delivery] = receiver.deliveries
@@ -211,7 +212,7 @@ def test_receiver_holding_another_secret_refuses_the_signature(hr_caller, secret
     receiver = receivers(secret.replace(secret[-8:-2], "AAAAAA"))
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    deliver(limit=1)
+    deliver_all(limit=1)
 
     assert [d["verified"] for d in receiver.deliveries] == [False]
     notification = webhook_of(request)
@@ -222,7 +223,7 @@ def test_receiver_failing_twice_with_503_gets_the_callback_on_the_third_attempt(
     receiver = receivers(secret, [503, 503])
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["delivered"] == 1 and counts["claimed"] == 3
     assert len(receiver.deliveries) == 3 and all(d["verified"] for d in receiver.deliveries)
@@ -237,7 +238,7 @@ def test_failed_delivery_waits_for_retry_after(hr_caller, secret, receivers):
     receiver = receivers(secret, [503], headers={"Retry-After": "120"})
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["retried"] == 1 and len(receiver.deliveries) == 1  # not due again within this run
     notification = webhook_of(request)
@@ -250,24 +251,24 @@ def test_retry_delay_grows_exponentially_up_to_the_cap(settings):
     settings.NOTIFICATION_RETRY_BASE_SECONDS = 10
     settings.NOTIFICATION_RETRY_MAX_SECONDS = 100
     for attempts, low, high in [(1, 5, 10), (2, 10, 20), (3, 20, 40), (8, 50, 100)]:
-        delays = [notification_retry_delay(attempts) for _ in range(50)]
+        delays = [table_backoff_delay(NOTIFICATIONS, attempts) for _ in range(50)]
         assert all(low <= d <= high for d in delays), (attempts, min(delays), max(delays))
-    assert notification_retry_delay(1, retry_after=70) >= 70
-    assert notification_retry_delay(1, retry_after=5000) <= 100
+    assert table_backoff_delay(NOTIFICATIONS, 1, retry_after=70) >= 70
+    assert table_backoff_delay(NOTIFICATIONS, 1, retry_after=5000) <= 100
 
 
 def test_receiver_that_never_accepts_ends_failed_after_max_attempts(hr_caller, secret, receivers):
     receiver = receivers(secret, [500] * 10)
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["failed"] == 1 and counts["delivered"] == 0
     assert len(receiver.deliveries) == 4
     notification = webhook_of(request)
     assert notification.status == "failed" and notification.attempts == 4
     assert notification.last_error == "gave up after 4 attempts: HTTP 500"
-    assert deliver()["claimed"] == 0  # failed for good: nothing more is sent
+    assert deliver_all()["claimed"] == 0  # failed for good: nothing more is sent
 
 
 def test_a_receiver_slower_than_the_timeout_is_retried(hr_caller, secret, receivers, settings):
@@ -276,7 +277,7 @@ def test_a_receiver_slower_than_the_timeout_is_retried(hr_caller, secret, receiv
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
     started = time.monotonic()
-    counts = deliver(limit=1)
+    counts = deliver_all(limit=1)
 
     assert time.monotonic() - started < 1.4
     assert counts["retried"] == 1 and len(receiver.deliveries) == 1
@@ -291,7 +292,7 @@ def test_refused_connection_is_retried(hr_caller, secret):
         port = probe.getsockname()[1]
     request = finished_request(hr_caller.api_client, callback_url=f"http://127.0.0.1:{port}/cb")
 
-    deliver(limit=1)
+    deliver_all(limit=1)
 
     notification = webhook_of(request)
     assert notification.status == "pending"
@@ -303,7 +304,7 @@ def test_redirects_are_not_followed(hr_caller, secret, receivers):
     receiver = receivers(secret, [302], headers={"Location": "/elsewhere"})
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    deliver(limit=1)
+    deliver_all(limit=1)
 
     assert [d["path"] for d in receiver.deliveries] == ["/hooks/accounts"]
     notification = webhook_of(request)
@@ -341,7 +342,7 @@ def test_https_callback_to_an_internal_receiver_is_verified_against_the_configur
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
     assert request.callback_url.startswith("https://localhost:")
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["delivered"] == 1
     [delivery] = receiver.deliveries
@@ -356,7 +357,7 @@ def test_https_callback_with_a_certificate_the_service_does_not_trust_is_not_sen
     receiver = receivers(secret, tls=served_by(internal_ca, "localhost"))
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    counts = deliver(limit=1)
+    counts = deliver_all(limit=1)
 
     assert counts["delivered"] == 0 and receiver.deliveries == []
     notification = webhook_of(request)
@@ -371,7 +372,7 @@ def test_https_callback_to_a_receiver_whose_certificate_names_another_host_is_no
     receiver = receivers(secret, tls=served_by(internal_ca, "hooks.internal.example"))
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
 
-    deliver(limit=1)
+    deliver_all(limit=1)
 
     assert receiver.deliveries == []
     notification = webhook_of(request)
@@ -465,7 +466,7 @@ def test_callback_resolving_to_a_private_address_at_delivery_fails_without_retry
     request = finished_request(hr_caller.api_client, callback_url=url)
     answers["callbacks.partner.example"] = ["93.184.215.14", "127.0.0.1"]
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["failed"] == 1 and counts["claimed"] == 1
     notification = webhook_of(request)
@@ -479,7 +480,7 @@ def test_callback_host_taken_off_the_allow_list_is_not_called(hr_caller, secret,
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
     settings.CALLBACK_ALLOWED_HOSTS = []
 
-    deliver()
+    deliver_all()
 
     assert receiver.deliveries == []
     notification = webhook_of(request)
@@ -495,7 +496,7 @@ def test_operators_get_an_email_in_chinese_without_phone_numbers(hr_caller, mail
     client.save(update_fields=["notify_email"])
     request = finished_request(client, welink_fails_for_second=True)
 
-    counts = deliver()
+    counts = deliver_all()
 
     assert counts["delivered"] == 1
     [mail] = mailoutbox
@@ -520,7 +521,7 @@ def test_unreachable_smtp_server_is_retried(hr_caller, settings):
     client.save(update_fields=["notify_email"])
     request = finished_request(client)
 
-    deliver(limit=1)
+    deliver_all(limit=1)
 
     notification = Notification.objects.get(request=request)
     assert notification.channel == "email" and notification.status == "pending"
@@ -592,16 +593,16 @@ def test_late_result_of_an_expired_claim_is_discarded(hr_caller, secret, receive
     # The first sender stalls past its lease; another worker claims the notification again.
     Notification.objects.update(lease_expires_at=timezone.now() - dt.timedelta(seconds=1))
     second_token, [second] = claim_due_notifications(worker="fast", limit=10)
-    assert first_token != second_token and second.attempts == 2
+    assert first_token != second_token and second.job.attempts == 2
 
-    late = send_notification(first, first_token)
+    late = deliver(first)
     verdicts, fenced = record_deliveries([late])
 
     assert fenced == 1 and not verdicts
     notification = webhook_of(request)
     assert notification.status == "sending" and notification.lease_token == second_token
 
-    verdicts, fenced = record_deliveries([send_notification(second, second_token)])
+    verdicts, fenced = record_deliveries([deliver(second)])
     assert verdicts == {"delivered": 1} and fenced == 0
     assert webhook_of(request).status == "delivered"
 
@@ -614,7 +615,7 @@ def test_the_webhook_secret_appears_in_no_log_error_or_admin_page(hr_caller, sec
     finished_request(hr_caller.api_client, callback_url=failing.url("/cb?token=receiver-token-123"),
                      business_key="FAILING")
 
-    deliver()
+    deliver_all()
 
     admin = get_user_model().objects.create_superuser("admin", "admin@example.com", "pw-for-tests-only")
     client.force_login(admin)
@@ -634,7 +635,7 @@ def test_the_webhook_secret_appears_in_no_log_error_or_admin_page(hr_caller, sec
 def test_admin_lists_notifications_and_resends_failed_ones(staff_client, hr_caller, secret, receivers):
     receiver = receivers(secret, [500] * 4)
     request = finished_request(hr_caller.api_client, callback_url=receiver.url())
-    deliver()
+    deliver_all()
     notification = webhook_of(request)
     assert notification.status == "failed"
 
@@ -649,7 +650,7 @@ def test_admin_lists_notifications_and_resends_failed_ones(staff_client, hr_call
     notification.refresh_from_db()
     assert notification.status == "pending" and notification.attempts == 0
 
-    assert deliver()["delivered"] == 1  # the receiver accepts now
+    assert deliver_all()["delivered"] == 1  # the receiver accepts now
     assert webhook_of(request).status == "delivered"
 
 

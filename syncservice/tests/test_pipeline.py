@@ -19,7 +19,7 @@ from syncservice.models import (
     LocalTargetAccount,
     TaskAttempt,
 )
-from syncservice.services.provisioning import claim_due_tasks, call_backend, record_results, ProcessResult
+from syncservice.services.provisioning import ProcessResult, call_backend, claim_due_tasks, record_results
 from syncservice.services.rollup import rollup_items_for_persons, rollup_requests
 from taskmanagement.models import TaskRun
 
@@ -310,7 +310,7 @@ def test_a_task_whose_lease_expired_is_claimed_again_and_the_late_result_is_disc
     AccountCreationTask.objects.update(lease_expires_at=timezone.now() - timezone.timedelta(seconds=1))
 
     second_token, second_claim = claim_due_tasks(system="idaas", limit=10, worker="new-worker")
-    assert len(second_claim) == 2 and all(t.attempts == 2 for t in second_claim)
+    assert len(second_claim) == 2 and all(c.job.attempts == 2 for c in second_claim)
     totals = ProcessResult()
     record_results([call_backend(t, second_token) for t in second_claim], worker="new-worker", totals=totals)
     assert totals.succeeded == 2
@@ -330,7 +330,7 @@ def test_claims_follow_priority(make_caller):
     stage("sync_hr_persons")
     stage("create_account_tasks")
     _, claimed = claim_due_tasks(system="idaas", limit=2, worker="w")
-    assert {t.person.employee_number[0] for t in claimed} == {"H"}
+    assert {c.job.person.employee_number[0] for c in claimed} == {"H"}
 
 
 @requires_postgres

@@ -6,6 +6,7 @@ touched), migrates it and runs the real stage commands against it. The kill -9 t
 processes against the pytest database, like test_concurrency.py.
 """
 
+import io
 import json
 import os
 import random
@@ -344,8 +345,8 @@ def test_claims_lost_with_their_worker_do_not_use_up_attempts(hr_caller, setting
     reset_backends()
     try:
         hr_caller.submit(note_example(systemList=["idaas"], userList=make_users(1, "L")))
-        call_command("sync_hr_persons", stdout=open(os.devnull, "w"))
-        call_command("create_account_tasks", stdout=open(os.devnull, "w"))
+        call_command("sync_hr_persons", stdout=io.StringIO())
+        call_command("create_account_tasks", stdout=io.StringIO())
         for n in range(lost_claims):  # workers that claimed the task and died before recording anything
             _, claimed = claim_due_tasks(system="idaas", limit=1, worker=f"dead:{n}")
             assert len(claimed) == 1

@@ -7,8 +7,9 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from syncservice.models import AccountCreationRequest, AccountCreationTask, LocalTargetAccount, TaskAttempt
-from syncservice.services import provisioning
-from syncservice.services.provisioning import SystemWorkers, _prefetch_capacity, run_process_stage
+from syncservice.queue import executor
+from syncservice.queue.executor import Lane, prefetch_capacity
+from syncservice.services.provisioning import run_process_stage
 
 from .fixtures import make_users, note_example, requires_postgres, stage
 
@@ -24,15 +25,15 @@ def prepare(caller, count: int, key: str = "loop") -> None:
 
 @pytest.fixture
 def writers(monkeypatch):
-    """The names of the threads record_results ran in, one per batch."""
+    """The names of the threads record_batch ran in, one per batch."""
     names = []
-    original = provisioning.record_results
+    original = executor.record_batch
 
-    def spy(results, **kwargs):
+    def spy(*args, **kwargs):
         names.append(threading.current_thread().name)
-        return original(results, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(provisioning, "record_results", spy)
+    monkeypatch.setattr(executor, "record_batch", spy)
     return names
 
 
@@ -61,16 +62,16 @@ def test_inside_a_transaction_results_are_written_inline(hr_caller, writers):
 
 def test_a_failed_write_fails_the_stage_and_the_next_run_finishes_the_work(hr_caller, monkeypatch):
     prepare(hr_caller, 30)
-    original = provisioning.record_results
+    original = executor.record_batch
     calls = []
 
-    def failing_once(results, **kwargs):
+    def failing_once(results, *args, **kwargs):
         calls.append(len(results))
         if len(calls) == 1:
             raise OperationalError("server closed the connection unexpectedly")
-        return original(results, **kwargs)
+        return original(results, *args, **kwargs)
 
-    monkeypatch.setattr(provisioning, "record_results", failing_once)
+    monkeypatch.setattr(executor, "record_batch", failing_once)
     with pytest.raises(OperationalError, match="server closed"):
         run_process_stage(worker="w1")
     # The batch that was not written stays claimed under its lease; once that runs out it is due again.
@@ -88,15 +89,19 @@ def test_the_queue_ahead_of_the_threads_holds_little_time_of_work(settings):
     settings.PROCESS_PREFETCH = 32
     settings.PROCESS_QUEUE_SECONDS = 0.5
     settings.TASK_LEASE_SECONDS = 60
-    pool = SystemWorkers.__new__(SystemWorkers)
-    pool.system, pool.size = "welink", 8
-    assert _prefetch_capacity(pool, None) == 8  # no call finished yet: one per thread
-    assert _prefetch_capacity(pool, 0.0) == 256  # instant calls: PROCESS_PREFETCH per thread
-    assert _prefetch_capacity(pool, 5e-324) == 256  # the average of thousands of 0 ms calls: no overflow
-    assert _prefetch_capacity(pool, 0.05) == 80  # 8 threads × 0.5 s ÷ 50 ms
-    assert _prefetch_capacity(pool, 30.0) == 8  # never fewer than one per thread
+    pool = Lane.__new__(Lane)
+    pool.name, pool.size, pool.batch = "welink", 8, 1
+
+    def capacity(call_seconds):
+        return prefetch_capacity(pool, call_seconds, settings.TASK_LEASE_SECONDS)
+
+    assert capacity(None) == 8  # no call finished yet: one per thread
+    assert capacity(0.0) == 256  # instant calls: PROCESS_PREFETCH per thread
+    assert capacity(5e-324) == 256  # the average of thousands of 0 ms calls: no overflow
+    assert capacity(0.05) == 80  # 8 threads × 0.5 s ÷ 50 ms
+    assert capacity(30.0) == 8  # never fewer than one per thread
     settings.PROCESS_QUEUE_SECONDS = 60  # a quarter of the lease bounds it too
-    assert _prefetch_capacity(pool, 1.0) == 120
+    assert capacity(1.0) == 120
 
 
 def test_slow_calls_and_a_short_lease_do_not_make_workers_take_each_others_tasks(hr_caller, settings):
