@@ -1,20 +1,29 @@
 """Entry points for django-crontab (settings.CRONJOBS): each runs one stage once."""
 
+import contextlib
+
 from .models import TaskRun
 from .services import stage_run
 
 
+def _run(stage: str) -> None:
+    # stage_run has logged a failure with its traceback and recorded it on the run; let through,
+    # django-crontab would only log the same traceback a second time.
+    with contextlib.suppress(Exception):
+        stage_run(stage=stage, trigger=TaskRun.Trigger.CRON)
+
+
 def sync_hr_persons():
-    stage_run(stage=TaskRun.Stage.SYNC_HR_PERSONS, trigger=TaskRun.Trigger.CRON)
+    _run(TaskRun.Stage.SYNC_HR_PERSONS)
 
 
 def create_account_tasks():
-    stage_run(stage=TaskRun.Stage.CREATE_ACCOUNT_TASKS, trigger=TaskRun.Trigger.CRON)
+    _run(TaskRun.Stage.CREATE_ACCOUNT_TASKS)
 
 
 def process_account_creation_tasks():
-    stage_run(stage=TaskRun.Stage.PROCESS_ACCOUNT_TASKS, trigger=TaskRun.Trigger.CRON)
+    _run(TaskRun.Stage.PROCESS_ACCOUNT_TASKS)
 
 
 def purge_account_requests():
-    stage_run(stage=TaskRun.Stage.PURGE_ACCOUNT_REQUESTS, trigger=TaskRun.Trigger.CRON)
+    _run(TaskRun.Stage.PURGE_ACCOUNT_REQUESTS)

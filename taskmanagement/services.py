@@ -3,8 +3,8 @@
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from django.conf import settings
 from django.utils import timezone
@@ -94,10 +94,14 @@ STAGES = {
 
 def stage_run(*, stage: str, trigger: str, dry_run: bool = False, limit: int | None = None,
               triggered_by: str = "", **options) -> TaskRun:
-    """Run one stage once and return its TaskRun; a failure is recorded, then raised."""
+    """Run one stage once and return its TaskRun; a failure is logged and recorded, then raised."""
     spec = STAGES[TaskRun.Stage(stage)]
-    run = TaskRun.objects.create(stage=stage, trigger=trigger, dry_run=dry_run, host=socket.gethostname(),
-                                 pid=os.getpid(), triggered_by=triggered_by[:128])
+    try:
+        run = TaskRun.objects.create(stage=stage, trigger=trigger, dry_run=dry_run, host=socket.gethostname(),
+                                     pid=os.getpid(), triggered_by=triggered_by[:128])
+    except Exception:
+        logger.exception("%s could not start: its run could not be recorded", stage)
+        raise
     # Log lines of the run carry its id (nested in the API request's id when started through the API).
     parent = request_id_var.get()
     token = request_id_var.set(f"{parent}/{stage}#{run.pk}" if parent != "-" else f"{stage}#{run.pk}")
@@ -112,6 +116,9 @@ def _execute(run: TaskRun, spec: StageSpec, dry_run: bool, limit: int | None, op
     try:
         counts = spec.run(dry_run, limit, **options)
     except Exception as exc:
+        # The one record of the failure with its traceback, whoever started the run: the command, the API,
+        # cron and the scheduler pass only the message on.
+        logger.exception("%s run %s failed: %s: %s", stage, run.pk, type(exc).__name__, exc)
         run.outcome = TaskRun.Outcome.FAILED
         run.summary = f"{type(exc).__name__}: {exc}"[:4000]
         run.finished_at = timezone.now()

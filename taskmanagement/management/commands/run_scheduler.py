@@ -1,6 +1,5 @@
 """Run the three stages in a loop, for development and for containers without cron."""
 
-import logging
 import signal
 import threading
 
@@ -10,8 +9,6 @@ from django.db import close_old_connections
 
 from taskmanagement.models import TaskRun
 from taskmanagement.services import stage_run
-
-logger = logging.getLogger(__name__)
 
 PIPELINE = [TaskRun.Stage.SYNC_HR_PERSONS, TaskRun.Stage.CREATE_ACCOUNT_TASKS, TaskRun.Stage.PROCESS_ACCOUNT_TASKS]
 
@@ -44,9 +41,8 @@ class Command(BaseCommand):
                     run = stage_run(stage=stage, trigger=TaskRun.Trigger.SCHEDULER, **extra)
                     if any(isinstance(v, int) and v for v in run.counts.values()):
                         self.stdout.write(f"{stage}: {run.summary}")
-                except Exception as exc:  # keep the loop alive; the next round retries
+                except Exception as exc:  # keep the loop alive; the next round retries (stage_run logged it)
                     failures += 1
-                    logger.exception("scheduler: %s failed", stage)
                     self.stderr.write(f"{stage} failed: {type(exc).__name__}: {exc}")
             if once:
                 break
