@@ -1,4 +1,4 @@
-# Everyday commands. `make run` brings the demo up; `make test` runs the suite.
+# Everyday commands. `make run` brings the demo up; `make test` runs the suite; `make lint` checks the code.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ENV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1} LOG_FORMAT=$${LOG_FORMAT:-plain}
 
-.PHONY: install run test migrate clean
+.PHONY: install run test lint migrate clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ run: migrate
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# ruff with the rules in ruff.toml (the version is pinned in requirements-dev.txt).
+lint: install
+	$(VENV)/bin/ruff check .
+
 clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .demo-credentials.json .pytest_cache
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .demo-credentials.json .pytest_cache .ruff_cache
 
 # Benchmarks of issue 7: measurement only, never part of `make test` (see docs/performance.md). They use
 # PostgreSQL on 127.0.0.1:5432 (user postgres) and create their own databases, aps_bench and

@@ -50,7 +50,8 @@ def growth_rows(label: str, small: dict, big: dict) -> list[tuple]:
     rows.append(("", f"stage time {span} (sync + tasks)",
                  f"{fmt_s(s1)} → {fmt_s(s2)} (sync {fmt_s(big['sync']['seconds'])}, "
                  f"tasks {fmt_s(big['tasks']['seconds'])})",
-                 f"×{s2 / s1:.1f} for ×{factor:.0f}", f"≤ ×{factor * TOLERANCE:.0f}", verdict(s2 / s1 <= factor * TOLERANCE)))
+                 f"×{s2 / s1:.1f} for ×{factor:.0f}", f"≤ ×{factor * TOLERANCE:.0f}",
+                 verdict(s2 / s1 <= factor * TOLERANCE)))
     r1, r2 = small["process"]["window_rate"], big["process"]["window_rate"]
     rows.append(("", f"process {big['process']['tasks']:,} no-op tasks, backlog {k(3 * n1)}→{k(3 * n2)}",
                  f"{r1:.0f} → {r2:.0f} tasks/s (median of {big['process'].get('runs', 1)} runs each)",
@@ -86,7 +87,8 @@ def table(results: dict) -> str:
     t = results.get("throughput")
     if t:
         rows.append(("3", f"provisioning {t['users']:,}×3, {t['latency_ms']} ms, 1 worker",
-                     f"{t['one']['window_rate']:.0f} tasks/s (median of {t.get('rounds', 1)}) vs ideal {t['ideal_rate']:.0f}/s "
+                     f"{t['one']['window_rate']:.0f} tasks/s (median of {t.get('rounds', 1)}) "
+                     f"vs ideal {t['ideal_rate']:.0f}/s "
                      f"({'+'.join(str(v) for v in t['concurrency'].values())} ÷ {t['latency_ms'] / 1000:g} s)",
                      f"{t['one_vs_ideal']:.0%}", "≥ 80%", verdict(t["one_vs_ideal"] >= 0.8)))
         rows.append(("", "provisioning, 2 workers vs 1",

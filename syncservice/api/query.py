@@ -6,7 +6,6 @@ from rest_framework.pagination import PageNumberPagination
 
 from ..errors import PayloadInvalid
 from ..validation import has_forbidden_chars
-
 from .schema import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 
 _INTEGER_RE = re.compile(r"-?[0-9]{1,12}")

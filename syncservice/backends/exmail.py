@@ -10,8 +10,17 @@ that already belongs to someone else ends the task with code ``email_taken`` and
 from django.conf import settings
 
 from .base import Outcome, PersonSnapshot, TargetBackend
-from .http import HttpClient, TargetError, TokenCache, json_object, log_vendor_answer, national_mobile, \
-    same_mobile, same_text, strong_password
+from .http import (
+    HttpClient,
+    TargetError,
+    TokenCache,
+    json_object,
+    log_vendor_answer,
+    national_mobile,
+    same_mobile,
+    same_text,
+    strong_password,
+)
 
 DEFAULT_URL = "https://api.exmail.qq.com"
 

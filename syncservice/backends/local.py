@@ -92,7 +92,7 @@ class LocalWelinkBackend(LocalBackend):
         return super().ensure_account(person, state)
 
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class LocalHrBackend(HrSourceBackend):

@@ -9,8 +9,7 @@ import json
 from django.conf import settings
 
 from .base import Outcome, PersonSnapshot, TargetBackend
-from .http import HttpClient, TargetError, body_excerpt, json_object, log_vendor_answer, record_belongs_to, \
-    safe_json
+from .http import HttpClient, TargetError, body_excerpt, json_object, log_vendor_answer, record_belongs_to, safe_json
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 SCIM_MEDIA_TYPE = "application/scim+json"

@@ -18,7 +18,7 @@ MAX_LIMIT = 1000
 
 def _parse(value: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 class HrSimulator(SimulatorApp):

@@ -111,7 +111,7 @@ def _scim2_server_command() -> str:
 def scim_server_url():
     """A real scim2-server (from PyPI) in a subprocess on a free loopback port, for the whole session."""
     port = free_port()
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 -- open for the whole session, closed at teardown
     process = subprocess.Popen([_scim2_server_command(), "--port", str(port), "--bearer-token", SCIM_TOKEN],
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -123,7 +123,7 @@ def test_hr_persons_get_accounts_in_all_three_real_systems_and_logs_stay_clean(
     for i, phone in enumerate(phones):
         hr_sim.upsert_person(person_id=5000 + i, employee_number=f"HRE{stamp}-{i}", full_name=f"欧阳娜{i}",
                              telephone_number1=phone,
-                             last_update_date=dt.datetime(2025, 4, 1, tzinfo=dt.timezone.utc) + dt.timedelta(i))
+                             last_update_date=dt.datetime(2025, 4, 1, tzinfo=dt.UTC) + dt.timedelta(i))
     exmail_sim.expire_tokens()
     welink_sim.faults.fail(1, status=500, path=BULK_PATH)
 

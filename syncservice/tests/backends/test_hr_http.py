@@ -8,13 +8,13 @@ from django.utils import timezone
 from syncservice.backends.hr_http import HrSourceError
 from syncservice.models import AccountCreationRequestItem, HrPerson, HrSyncState
 from syncservice.services.sync import HR_OVERLAP, run_sync_stage, sync_hr_source
-
 from syncservice.tests.fixtures import note_example
+
 from .conftest import HR_TOKEN
 
 pytestmark = pytest.mark.django_db
 
-T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
 
 def add_persons(hr_sim, count: int, *, start: int = 1, at=T0, step=dt.timedelta(minutes=1)):
