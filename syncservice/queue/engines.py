@@ -27,7 +27,7 @@ class Claimed:
 
 
 class Engine:
-    """The two steps that differ between database families."""
+    """A claim, which differs between database families, and the fenced write of results."""
 
     # Whether threads with connections of their own may write while the main thread does (not SQLite's).
     concurrent_writers = True
@@ -37,8 +37,20 @@ class Engine:
         raise NotImplementedError
 
     def write_fenced(self, table: JobTable, jobs: list[tuple[models.Model, str]], now: dt.datetime) -> set:
-        """Write each job's result fields where its claim's lease still holds; return the ids written."""
-        raise NotImplementedError
+        """Write each job's result fields where its claim's lease still holds; return the ids written.
+
+        One statement for the batch on PostgreSQL, a fenced update per row elsewhere (db.bulk decides).
+        """
+        if not jobs:
+            return set()
+        jobs = sorted(jobs, key=lambda pair: pair[0].pk)  # rows locked in id order, like every other writer
+        meta = table.model._meta
+        return set(update_from_arrays(
+            table.model, match={"id": [job.pk for job, _ in jobs], "lease_token": [token for _, token in jobs]},
+            values={name: [getattr(job, meta.get_field(name).attname) for job, _ in jobs]
+                    for name in table.written_fields()},
+            constants=cleared_lease(table, now), where={"status": table.running}, returning="id",
+        ))
 
 
 def _lease_columns(table: JobTable, *, token: str, worker: str, expires, now) -> dict:
@@ -81,16 +93,6 @@ class OrmEngine(Engine):
                 setattr(job, name, value)
             claimed.append(Claimed(job, token, counted))
         return claimed
-
-    def write_fenced(self, table, jobs, now):
-        fields, cleared = table.written_fields(), cleared_lease(table, now)
-        written = set()
-        for job, token in jobs:
-            values = {name: getattr(job, table.model._meta.get_field(name).attname) for name in fields}
-            if table.model.objects.filter(id=job.pk, lease_token=token, status=table.running).update(
-                    **values, **cleared):
-                written.add(job.pk)
-        return written
 
 
 def _order_sql(table: JobTable, alias: str = "") -> str:
@@ -164,18 +166,6 @@ class PostgresEngine(Engine):
             return None
         field = table.model._meta.get_field(table.select_related[0])
         return field, field.related_model, list(table.related_fields)
-
-    def write_fenced(self, table, jobs, now):
-        if not jobs:
-            return set()
-        jobs = sorted(jobs, key=lambda pair: pair[0].pk)  # rows locked in id order, like every other writer
-        meta = table.model._meta
-        return set(update_from_arrays(
-            table.model, match={"id": [job.pk for job, _ in jobs], "lease_token": [token for _, token in jobs]},
-            values={name: [getattr(job, meta.get_field(name).attname) for job, _ in jobs]
-                    for name in table.written_fields()},
-            constants=cleared_lease(table, now), where={"status": table.running}, returning="id",
-        ))
 
 
 def _json(value):

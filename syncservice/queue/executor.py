@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 from django.utils import timezone
 
 from ..db.locking import atomic_with_retry
@@ -68,19 +68,32 @@ class Lane:
         self.in_flight = 0
         self.exhausted = False
         self.call_seconds: float | None = None  # a moving average of a call's duration
+        self.threads = self._start_threads()
+
+    def _start_threads(self) -> list[threading.Thread]:
         # Each thread runs in a copy of the stage's context, so its log lines carry the run's id.
-        self.threads = [threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
-                                         name=f"{name or handler.name}-{i}", daemon=True) for i in range(size)]
-        for thread in self.threads:
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                    name=f"{self.name or self.handler.name}-{i}", daemon=True)
+                   for i in range(self.size)]
+        for thread in threads:
             thread.start()
+        return threads
 
     def _run(self):
         try:
             while (batch := self.jobs.get()) is not _STOP:
-                for result in call_jobs(self.handler, self.name, batch):
-                    self.results.put((self, result))
+                self._call(batch)
         finally:
             connections.close_all()
+
+    def _call(self, batch: list[Claimed]) -> None:
+        try:
+            results = call_jobs(self.handler, self.name, batch)
+        except Exception as exc:  # the handler's crashed() itself failed: the run fails, it must not hang
+            self.results.put((self, _LaneFailed(len(batch), exc)))
+            return
+        for result in results:
+            self.results.put((self, result))
 
     def submit(self, claimed: list[Claimed]) -> None:
         """Queue claimed jobs for the threads, in batches of what one call takes."""
@@ -116,18 +129,15 @@ class InlineLane(Lane):
     """Where threads may not write beside the main thread (SQLite): calls run in the main thread."""
 
     def __init__(self, handler: Handler, name, size: int, results: queue.Queue):
-        self.handler, self.name, self.size = handler, name, 1
-        self.batch = max(1, handler.batch_size(name))
-        self.results = results
-        self.in_flight = 0
-        self.exhausted = False
-        self.call_seconds = None
+        super().__init__(handler, name, 1, results)
+
+    def _start_threads(self) -> list[threading.Thread]:
+        return []
 
     def submit(self, claimed: list[Claimed]) -> None:
         self.in_flight += len(claimed)
         for start in range(0, len(claimed), self.batch):
-            for result in call_jobs(self.handler, self.name, claimed[start:start + self.batch]):
-                self.results.put((self, result))
+            self._call(claimed[start:start + self.batch])
 
     def take_unstarted(self) -> list[Claimed]:
         return []
@@ -136,7 +146,7 @@ class InlineLane(Lane):
         pass
 
 
-def prefetch_capacity(lane: Lane, call_seconds: float | None, lease_seconds: float) -> int:
+def prefetch_capacity(lane: Lane, lease_seconds: float) -> int:
     """How many claimed jobs to keep ahead of a lane's threads.
 
     PROCESS_PREFETCH per thread, but no more than PROCESS_QUEUE_SECONDS of work, judged by the recent
@@ -147,6 +157,7 @@ def prefetch_capacity(lane: Lane, call_seconds: float | None, lease_seconds: flo
     Until a call has finished, one job per thread.
     """
     seconds = min(settings.PROCESS_QUEUE_SECONDS, lease_seconds / 4)
+    call_seconds = lane.call_seconds
     most = lane.size * lane.batch * settings.PROCESS_PREFETCH
     if call_seconds is None:
         return lane.size * lane.batch
@@ -161,6 +172,12 @@ def prefetch_capacity(lane: Lane, call_seconds: float | None, lease_seconds: flo
 class _Written:
     count: int
     error: Exception | None = None
+
+
+@dataclass
+class _LaneFailed:
+    count: int
+    error: Exception
 
 
 def record_batch(results: list[JobResult], handlers: dict[str, Handler], tallies: dict[str, Tally],
@@ -271,8 +288,7 @@ def run(handlers: list[Handler], *, worker: str, limits: dict[str, int | None] |
                 for handler in handlers:
                     atomic_with_retry(lambda: jobs.expire_leases(handler.table, now=timezone.now()))
                 next_expiry = time.monotonic() + LEASE_EXPIRY_INTERVAL
-            capacities = [prefetch_capacity(lane, lane.call_seconds, lane.handler.table.lease_seconds)
-                          for lane in lanes]
+            capacities = [prefetch_capacity(lane, lane.handler.table.lease_seconds) for lane in lanes]
             # Results not written yet count against the claims: a slow database slows the claiming down.
             if may_claim and len(buffer) + recorder.pending < 2 * sum(capacities):
                 for lane, capacity in zip(lanes, capacities):
@@ -314,6 +330,9 @@ def run(handlers: list[Handler], *, worker: str, limits: dict[str, int | None] |
                         written = True
                     else:
                         lane, result = item
+                        if isinstance(result, _LaneFailed):
+                            lane.in_flight -= result.count
+                            raise result.error
                         lane.finished(result)
                         buffer.append(result)
                     item = results.get_nowait()
@@ -331,6 +350,17 @@ def run(handlers: list[Handler], *, worker: str, limits: dict[str, int | None] |
                 for lane in lanes:
                     lane.exhausted = False
     finally:
+        # On the way out (a failure included), claimed jobs no thread started go back at once instead of
+        # waiting out their lease; calls in flight finish and are written.
+        unstarted = defaultdict(list)
+        for lane in lanes:
+            unstarted[lane.handler].extend(lane.take_unstarted())
+        try:
+            for handler, claimed in unstarted.items():
+                tallies[handler.name].released += jobs.release(handler.table, claimed)
+        except DatabaseError:
+            logger.warning("could not release %d unstarted job(s); their leases will expire",
+                           sum(map(len, unstarted.values())))
         for lane in lanes:
             lane.stop()
         recorder.stop()

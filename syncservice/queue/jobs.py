@@ -3,10 +3,10 @@
 import datetime as dt
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 
 from django.db import IntegrityError, OperationalError
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from ..db.locking import atomic_with_retry, current_lease_tokens
@@ -48,18 +48,21 @@ def expire_leases(table: JobTable, *, now: dt.datetime, lane=None) -> int:
 
 def release(table: JobTable, claimed: list[Claimed]) -> int:
     """Hand claimed but unstarted jobs back (on shutdown), each claim's attempt given back."""
+    groups = defaultdict(list)
+    for c in claimed:
+        groups[c.token, c.counted].append(c.job.pk)
     released = 0
-    for counted in (True, False):
-        ids = [(c.job.pk, c.token) for c in claimed if c.counted is counted]
-        if not ids:
-            continue
-        rows = table.model.objects.none()
-        for pk, token in ids:
-            rows |= table.model.objects.filter(id=pk, lease_token=token)
-        released += rows.filter(status=table.running).update(
+    for (token, counted), ids in groups.items():
+        released += table.model.objects.filter(id__in=ids, lease_token=token, status=table.running).update(
             status=table.handed_back_status(), attempts=F("attempts") - int(counted),
             **cleared_lease(table, timezone.now()))
     return released
+
+
+def due(table: JobTable, now: dt.datetime) -> Q:
+    """Jobs a claim would take now, or once their expired lease is handed back."""
+    return (Q(status__in=table.ready, next_attempt_at__lte=now)
+            | Q(status=table.running, lease_expires_at__lt=now))
 
 
 def record(handler: Handler, results: list[JobResult], *, worker: str) -> tuple[Counter, int]:
@@ -78,14 +81,15 @@ def record(handler: Handler, results: list[JobResult], *, worker: str) -> tuple[
         if handler.writes_before_result(results):
             current = current_lease_tokens(table.model, [r.job.pk for r in results], status=table.running)
             kept = [r for r in results if current.get(r.job.pk) == r.token]
-        settled = [settle(table, r, handler.decide(r, now), now) for r in kept]
+        decided = [(r, handler.decide(r, now)) for r in kept]
+        forgive_lost_claims(table, decided)
+        settled = [settle(table, r, decision, now) for r, decision in decided]
         written = engines.engine().write_fenced(table, [(s.result.job, s.result.token) for s in settled], now)
         settled = [s for s in settled if s.result.job.pk in written]
         if settled:
             handler.after_write(settled, worker=worker, now=now)
         return Counter(s.verdict.value for s in settled), len(results) - len(settled)
 
-    forgive_lost_claims(table, results)
     verdicts, fenced = atomic_with_retry(write, retry_on=(OperationalError, IntegrityError))
     if fenced:
         logger.warning("%d %s result(s) discarded: their lease had expired and they were claimed again",

@@ -4,7 +4,7 @@ A claim counts an attempt before the call, except a poll of work the target had 
 there a result decides: success and failure end the job; a retry waits a capped exponential backoff with
 jitter (never shorter than the target's Retry-After) and fails the job for good once its attempts are used
 up; a deferral (a rate-limit answer, an address given up to another person) waits without using one.
-A claim that ends without a result gives its attempt back: see JobQueue.release and forgive_lost_claims.
+A claim that ends without a result gives its attempt back: see jobs.release and forgive_lost_claims.
 """
 
 import datetime as dt
@@ -103,6 +103,8 @@ def settle(table: JobTable, result: JobResult, decision: Decision, now: dt.datet
         job.attempts -= 1
     verdict = decision.verdict
     message = decision.message
+    if verdict == Verdict.WAITING and table.polling is None:
+        raise ValueError(f"{table.name} has no polling status: a result cannot wait")
     if verdict == Verdict.RETRIED and decision.counts:
         if job.attempts >= job.max_attempts:
             verdict, message = Verdict.FAILED, f"gave up after {job.attempts} attempts: {decision.message}"
@@ -115,8 +117,9 @@ def settle(table: JobTable, result: JobResult, decision: Decision, now: dt.datet
         job.status = table.polling
         job.next_attempt_at = now + dt.timedelta(seconds=decision.delay or 0)
         return Settled(result, verdict, number)
-    job.status = {Verdict.SUCCEEDED: table.succeeded, Verdict.FAILED: table.failed,
-                  Verdict.RETRIED: table.pending}[verdict]
+    # A deferred poll stays a poll: its next claim must not count an attempt either.
+    again = table.polling if (table.polling and not result.counted and not decision.counts) else table.pending
+    job.status = {Verdict.SUCCEEDED: table.succeeded, Verdict.FAILED: table.failed, Verdict.RETRIED: again}[verdict]
     setattr(job, table.error_field, message)
     if table.error_code_field:
         setattr(job, table.error_code_field, decision.code)
@@ -125,18 +128,19 @@ def settle(table: JobTable, result: JobResult, decision: Decision, now: dt.datet
     return Settled(result, verdict, number)
 
 
-def forgive_lost_claims(table: JobTable, results: list[JobResult]) -> None:
+def forgive_lost_claims(table: JobTable, decided: list[tuple[JobResult, Decision]]) -> None:
     """Give back the attempts of claims whose worker died before recording anything (kill -9, a lost lease).
 
     A claim counts an attempt before the call; a worker killed before it recorded the outcome leaves that
     attempt counted with no row in the attempt log, and prefetched jobs it never even called lose one too.
-    Only a job at its attempt limit is judged by the count, so only those are looked at: the claims without
-    a row are given back, at most `max_attempts` of them, so that a job that kills every worker that takes
-    it still ends.
+    Only a retry at the attempt limit is judged by the count (it would fail the job), so only those are
+    looked at: the claims without a row are given back, at most `max_attempts` of them, so that a job that
+    kills every worker that takes it still ends. Tables without an attempt log keep their counts.
     """
     if table.attempt_log is None:
         return
-    at_limit = [r.job for r in results if r.job.attempts >= r.job.max_attempts]
+    at_limit = [r.job for r, d in decided
+                if d.verdict == Verdict.RETRIED and d.counts and r.job.attempts >= r.job.max_attempts]
     if not at_limit:
         return
     log_model, key = table.attempt_log

@@ -29,6 +29,7 @@ import urllib3
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import send_mail
+from django.db import transaction
 from django.utils import timezone
 from requests.certs import where as ca_bundle_path
 
@@ -399,12 +400,16 @@ class NotificationHandler(Handler):
         return Decision.failed("", delivery.error)
 
     def after_write(self, settled: list[Settled], *, worker: str, now) -> None:
-        for s in settled:
-            notification = s.result.job
-            log = logger.warning if notification.status == Notification.Status.FAILED else logger.info
-            log("notification %s (%s, request %s, attempt %d): %s%s", notification.message_id,
-                notification.channel, notification.request.request_id, notification.attempts, notification.status,
-                f" ({notification.last_error})" if notification.last_error else "")
+        # Logged once the results are committed: a retried or rolled-back write logs nothing.
+        transaction.on_commit(lambda: log_deliveries([s.result.job for s in settled]))
+
+
+def log_deliveries(notifications: list[Notification]) -> None:
+    for notification in notifications:
+        log = logger.warning if notification.status == Notification.Status.FAILED else logger.info
+        log("notification %s (%s, request %s, attempt %d): %s%s", notification.message_id,
+            notification.channel, notification.request.request_id, notification.attempts, notification.status,
+            f" ({notification.last_error})" if notification.last_error else "")
 
 
 NOTIFY = NotificationHandler()

@@ -28,7 +28,7 @@ from ..models import Account, AccountCreationTask, HrPerson, TaskAttempt
 from ..queue import executor, jobs
 from ..queue.engines import Claimed
 from ..queue.handler import Handler
-from ..queue.outcomes import Decision, JobResult, Settled, Verdict, table_backoff_delay
+from ..queue.outcomes import Decision, JobResult, Settled, Verdict
 from ..queue.table import JobTable
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
@@ -70,11 +70,6 @@ TASKS = JobTable(
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def retry_delay(attempts: int, retry_after: float | None = None) -> float:
-    """The tasks' backoff: capped exponential with jitter, never shorter than what the target asked for."""
-    return table_backoff_delay(TASKS, attempts, retry_after)
 
 
 def snapshot(task: Task) -> PersonSnapshot:
@@ -256,7 +251,7 @@ def claim_due_tasks(*, system: str, limit: int, worker: str, expire: bool = True
     return (claimed[0].token if claimed else ""), claimed
 
 
-def call_backend(claimed: Claimed, token: str | None = None) -> JobResult:
+def call_backend(claimed: Claimed) -> JobResult:
     """Call the target for one claimed task (outside any transaction)."""
     [result] = executor.call_jobs(CREATE_ACCOUNT, claimed.job.system, [claimed])
     return result
@@ -278,7 +273,7 @@ def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_se
     if dry_run:
         now = timezone.now()
         for system in settings.PROVISIONING_SYSTEMS:
-            totals.by_system[system] = Task.objects.filter(_due(now), system=system).count()
+            totals.by_system[system] = Task.objects.filter(jobs.due(TASKS, now), system=system).count()
         totals.claimed = sum(totals.by_system.values())
         return totals
     stop = stop or threading.Event()
@@ -301,7 +296,3 @@ def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_se
     totals.notifications_failed = sum(t.verdicts[Verdict.FAILED.value] for t in notified)
     return totals
 
-
-def _due(now):
-    return (Q(status__in=TASKS.ready, next_attempt_at__lte=now)
-            | Q(status=Task.Status.RUNNING, lease_expires_at__lt=now))

@@ -92,7 +92,7 @@ def test_cancelling_with_calls_in_flight_ends_when_they_finish(hr_caller):
     assert response["message"] == "正在取消：等待执行中的任务结束"
     assert cancel(hr_caller, request_id).status_code == 200  # asking again is harmless
 
-    record_results([call_backend(t, token) for t in in_flight], worker="w1", totals=ProcessResult())
+    record_results([call_backend(t) for t in in_flight], worker="w1", totals=ProcessResult())
     body = document(hr_caller, request_id)
     assert body["status"] == "cancelled"
     assert sorted(i["status"] for i in body["items"]) == ["cancelled", "completed"]
@@ -106,7 +106,7 @@ def test_an_in_flight_call_that_fails_transiently_is_not_retried_after_a_cancel(
     token, in_flight = claim_due_tasks(system="idaas", limit=2, worker="w1")
     cancel(hr_caller, request_id)
 
-    record_results([call_backend(t, token) for t in in_flight], worker="w1", totals=ProcessResult())
+    record_results([call_backend(t) for t in in_flight], worker="w1", totals=ProcessResult())
 
     assert set(AccountCreationTask.objects.values_list("status", flat=True)) == {"cancelled"}
     assert document(hr_caller, request_id)["status"] == "cancelled"

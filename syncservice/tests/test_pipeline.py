@@ -312,11 +312,11 @@ def test_a_task_whose_lease_expired_is_claimed_again_and_the_late_result_is_disc
     second_token, second_claim = claim_due_tasks(system="idaas", limit=10, worker="new-worker")
     assert len(second_claim) == 2 and all(c.job.attempts == 2 for c in second_claim)
     totals = ProcessResult()
-    record_results([call_backend(t, second_token) for t in second_claim], worker="new-worker", totals=totals)
+    record_results([call_backend(t) for t in second_claim], worker="new-worker", totals=totals)
     assert totals.succeeded == 2
     # The first worker wakes up late: its results must not overwrite the newer claim's.
     late = ProcessResult()
-    record_results([call_backend(t, first_token) for t in first_claim], worker="dead-worker", totals=late)
+    record_results([call_backend(t) for t in first_claim], worker="dead-worker", totals=late)
     assert late.fenced_off == 2 and late.succeeded == 0
     assert TaskAttempt.objects.filter(worker="dead-worker").count() == 0
     assert LocalTargetAccount.objects.count() == 2
@@ -361,7 +361,7 @@ def test_claim_and_record_queries_do_not_grow_with_the_batch(make_caller, settin
         with CaptureQueriesContext(connection) as claim_ctx:
             token, tasks = claim_due_tasks(system="idaas", limit=1000, worker="w")
         assert len(tasks) == count
-        results = [call_backend(task, token) for task in tasks]
+        results = [call_backend(task) for task in tasks]
         with CaptureQueriesContext(connection) as record_ctx:
             record_results(results, worker="w", totals=ProcessResult())
         return len(claim_ctx), len(record_ctx)

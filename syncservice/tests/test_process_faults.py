@@ -354,6 +354,8 @@ def test_claims_lost_with_their_worker_do_not_use_up_attempts(hr_caller, setting
         run_process_stage(max_seconds=30)  # an injected transient failure at attempt lost_claims + 1, retried
         task = AccountCreationTask.objects.get()
         outcomes = list(task.attempt_log.order_by("id").values_list("outcome", flat=True))
+        numbers = list(task.attempt_log.order_by("id").values_list("attempt_number", flat=True))
+        assert numbers == sorted(set(numbers)), numbers  # every call logged under an attempt of its own
         if ends == "succeeded":
             assert (task.status, outcomes) == ("succeeded", ["transient", "created"]), task.last_error
         else:  # more lost claims than max_attempts: a task that keeps killing its workers still ends

@@ -93,7 +93,8 @@ def test_the_queue_ahead_of_the_threads_holds_little_time_of_work(settings):
     pool.name, pool.size, pool.batch = "welink", 8, 1
 
     def capacity(call_seconds):
-        return prefetch_capacity(pool, call_seconds, settings.TASK_LEASE_SECONDS)
+        pool.call_seconds = call_seconds
+        return prefetch_capacity(pool, settings.TASK_LEASE_SECONDS)
 
     assert capacity(None) == 8  # no call finished yet: one per thread
     assert capacity(0.0) == 256  # instant calls: PROCESS_PREFETCH per thread

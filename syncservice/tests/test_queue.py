@@ -18,6 +18,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from syncservice.queue import engines, executor, jobs
+from syncservice.queue.outcomes import Decision
 
 from .fixtures import requires_postgres
 from .queue_kind import ECHO_JOBS, EchoHandler, EchoJob
@@ -196,6 +197,55 @@ def test_outcomes_move_attempts_in_one_place(echo, engine, settings):
 
     [poll] = [c for c in claim() if c.job.payload == "accepted"]  # due at once: a poll is not an attempt
     assert not poll.counted and poll.job.attempts == 1
+
+
+def test_a_poll_told_to_slow_down_stays_a_poll_and_uses_no_attempt(echo, engine):
+    handler = EchoHandler(echo.url)
+    echo.script["accepted"] = [429, 429]
+    make_jobs("accepted", status="waiting", accepted=True, attempts=1)
+
+    for _ in range(2):
+        jobs.record(handler, results_of(handler, claim()), worker="w")
+        row = EchoJob.objects.get()
+        assert (row.status, row.attempts, row.last_error) == ("waiting", 1, "echo accepted")
+    drain(handler)
+    assert EchoJob.objects.get().status == "done" and EchoJob.objects.get().attempts == 1
+
+
+def test_a_retry_waits_at_least_what_the_other_side_asked_for_and_at_most_the_cap(echo, engine, settings):
+    settings.TASK_RETRY_BASE_SECONDS, settings.TASK_RETRY_MAX_SECONDS = 1, 120
+    handler = EchoHandler(echo.url)
+    make_jobs("asks-60", "asks-999")
+    before = timezone.now()
+    claimed = claim()
+    results = results_of(handler, claimed)
+    for result in results:
+        result.outcome = (503, f"Retry-After {result.job.payload[5:]}")
+    handler.decide = lambda result, now: Decision.retry("503", result.outcome[1],
+                                                         retry_after=float(result.job.payload[5:]))
+
+    jobs.record(handler, results, worker="w")
+
+    rows = {row.payload: row.next_attempt_at - before for row in EchoJob.objects.all()}
+    assert dt.timedelta(seconds=60) <= rows["asks-60"] < dt.timedelta(seconds=62)
+    assert dt.timedelta(seconds=120) <= rows["asks-999"] < dt.timedelta(seconds=122)  # the cap
+
+
+def test_a_handler_that_fails_to_report_its_own_crash_fails_the_run_instead_of_hanging(echo, engine):
+    handler = EchoHandler(echo.url)
+    make_jobs("x", "y")
+
+    def broken(*args):
+        raise RuntimeError("handler bug")
+
+    handler.call = handler.crashed = broken
+    with pytest.raises(RuntimeError, match="handler bug"):
+        drain(handler)
+    # Nothing was lost: the jobs wait out their lease (or were released) and the next run does them.
+    assert set(EchoJob.objects.values_list("status", flat=True)) <= {"running", "pending"}
+    EchoJob.objects.update(lease_expires_at=timezone.now() - dt.timedelta(seconds=1))
+    drain(EchoHandler(echo.url))
+    assert set(EchoJob.objects.values_list("status", flat=True)) == {"done"}
 
 
 def test_a_job_whose_attempts_are_used_up_fails_for_good_with_the_reason(echo, engine):
