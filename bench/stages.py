@@ -35,7 +35,7 @@ def state_summary() -> dict:
         "distinct_emails": HrPerson.objects.exclude(email=None).values("email").distinct().count(),
         "accounts": Account.objects.count(),
         "accounts_creating": Account.objects.filter(status="creating").count(),
-        "tasks": AccountCreationTask.objects.filter(status="pending").count(),
+        "tasks": AccountCreationTask.objects.filter(status__in=["pending", "blocked"]).count(),
         "items_task_created": AccountCreationRequestItem.objects.filter(status="task_created").count(),
     }
 

@@ -257,7 +257,11 @@ class AccountCreationRequestItem(models.Model):
 
 
 class AccountCreationTask(models.Model):
-    """The unit of work: make sure one person has an account in one target system."""
+    """The unit of work: make sure one person has an account in one target system.
+
+    A person's IDaaS and WeLink tasks wait `blocked` while their mailbox is being created: they carry the
+    address the mail system confirmed (it may move to the next candidate when the first is taken there).
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "待执行"
@@ -266,8 +270,9 @@ class AccountCreationTask(models.Model):
         SUCCEEDED = "succeeded", "成功"
         FAILED = "failed", "失败"
         CANCELLED = "cancelled", "已取消"
+        BLOCKED = "blocked", "等待邮箱开通"
 
-    OPEN_STATUSES = (Status.PENDING, Status.RUNNING, Status.WAITING)
+    OPEN_STATUSES = (Status.PENDING, Status.RUNNING, Status.WAITING, Status.BLOCKED)
 
     person = models.ForeignKey(HrPerson, on_delete=models.CASCADE, related_name="tasks", verbose_name="人员")
     system = models.CharField("系统", max_length=16, choices=System.choices)
@@ -296,7 +301,7 @@ class AccountCreationTask(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["person", "system"],
-                condition=Q(status__in=["pending", "running", "waiting"]),
+                condition=Q(status__in=["pending", "running", "waiting", "blocked"]),
                 name="task_one_open_per_person_system",
             ),
         ]

@@ -216,16 +216,17 @@ class Recorder:
                                            name="recorder", daemon=True)
             self.thread.start()
 
-    def hand_over(self, results: list[JobResult]) -> None:
+    def hand_over(self, results: list[JobResult]) -> bool:
+        """Queue a batch for the thread, or write it at once; True when it was written here."""
         self.pending += len(results)
         if self.jobs is not None:
             self.jobs.put(results)
-            return
+            return False
         try:
             self.write(results)
         finally:
             self.pending -= len(results)
-        self.reports.put(_Written(0))
+        return True
 
     def _run(self) -> None:
         try:
@@ -284,9 +285,10 @@ def run(handlers: list[Handler], *, worker: str, limits: dict[str, int | None] |
         while True:
             may_claim = not stop.is_set() and time.monotonic() < deadline
             if may_claim and time.monotonic() >= next_expiry:
-                # Leases of dead workers, every lane at once, once a second rather than in every claim.
+                # Leases of dead workers, every lane at once, and each kind's upkeep, once a second.
                 for handler in handlers:
                     atomic_with_retry(lambda: jobs.expire_leases(handler.table, now=timezone.now()))
+                    atomic_with_retry(handler.upkeep)
                 next_expiry = time.monotonic() + LEASE_EXPIRY_INTERVAL
             capacities = [prefetch_capacity(lane, lane.handler.table.lease_seconds) for lane in lanes]
             # Results not written yet count against the claims: a slow database slows the claiming down.
@@ -341,7 +343,7 @@ def run(handlers: list[Handler], *, worker: str, limits: dict[str, int | None] |
             if buffer and not recorder.pending and (
                     len(buffer) >= flush_size or time.monotonic() - last_flush >= flush_interval
                     or sum(lane.in_flight for lane in lanes) == 0):
-                recorder.hand_over(buffer)
+                written = recorder.hand_over(buffer) or written
                 buffer = []
                 last_flush = time.monotonic()
             if written:

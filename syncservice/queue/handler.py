@@ -54,3 +54,6 @@ class Handler:
 
     def after_write(self, settled: list[Settled], *, worker: str, now: dt.datetime) -> None:
         """Rows that follow the results actually written (logs, accounts, roll-ups), same transaction."""
+
+    def upkeep(self) -> None:
+        """The kind's own housekeeping, once a second in the executor's loop, in a transaction of its own."""

@@ -7,6 +7,7 @@ from django.utils import timezone
 from ..db.locking import wait_locked
 from ..errors import InvalidTransition
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask
+from .mailbox_first import MAILBOX, MAILBOX_FAILED, opened_status, persons_with_mailbox_coming
 from .rollup import rollup_items_for_persons, rollup_requests
 
 Request = AccountCreationRequest
@@ -64,7 +65,7 @@ def _cancel_tasks(tasks: list[Task], now, note: str) -> set[tuple[int, str]]:
 
 def _cancel_unstarted_tasks(request: Request, now) -> None:
     tasks = list(wait_locked(Task.objects.filter(
-        request_item__request=request, status=Task.Status.PENDING).order_by("id")))
+        request_item__request=request, status__in=[Task.Status.PENDING, Task.Status.BLOCKED]).order_by("id")))
     if not tasks:
         return
     keys = _cancel_tasks(tasks, now, "cancelled with the request")
@@ -137,7 +138,11 @@ def items_retry(*, items) -> int:
 @transaction.atomic
 def tasks_retry(*, tasks) -> int:
     """Retry failed tasks (the admin action): a fresh task per failed one, history kept."""
-    failed = list(wait_locked(Task.objects.filter(pk__in=[t.pk for t in tasks], status=Task.Status.FAILED)
+    chosen = Task.objects.filter(pk__in=[t.pk for t in tasks], status=Task.Status.FAILED)
+    # A mailbox tried again brings back the tasks that failed because it had failed.
+    dependents = Task.objects.filter(status=Task.Status.FAILED, last_error_code=MAILBOX_FAILED,
+                                     person_id__in=chosen.filter(system=MAILBOX).values("person_id"))
+    failed = list(wait_locked(Task.objects.filter(Q(pk__in=chosen.values("pk")) | Q(pk__in=dependents.values("pk")))
                               .order_by("id")))
     now = timezone.now()
     # One query for every open task of these persons; a key gets one fresh task however often it is selected.
@@ -151,6 +156,9 @@ def tasks_retry(*, tasks) -> int:
         taken.add(key)
         fresh.append(Task(person_id=task.person_id, system=task.system, request_item_id=task.request_item_id,
                           priority=task.priority, max_attempts=task.max_attempts, next_attempt_at=now))
+    coming = persons_with_mailbox_coming({(t.person_id, t.system) for t in fresh})
+    for task in fresh:
+        task.status = opened_status(person_id=task.person_id, system=task.system, mailbox_coming=coming)
     Task.objects.bulk_create(fresh)
     if fresh:
         Account.objects.filter(person_system_q({(t.person_id, t.system) for t in fresh})).exclude(

@@ -32,6 +32,7 @@ from ..queue.outcomes import Decision, JobResult, Settled, Verdict
 from ..queue.table import JobTable
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
+from .mailbox_first import MAILBOX, settle_blocked_tasks, settle_stranded_blocked_tasks
 from .notifications import NotificationHandler
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
 
@@ -174,8 +175,14 @@ class CreateAccountHandler(Handler):
         update_accounts(settled, now)
         stopped = stop_retries_of_cancelled_requests(
             [s.result.job.pk for s in settled if s.result.job.status == Task.Status.PENDING])
-        rollup_items_for_persons(stopped | {s.result.job.person_id for s in settled
-                                            if s.verdict in (Verdict.SUCCEEDED, Verdict.FAILED)})
+        final = [s.result.job for s in settled if s.verdict in (Verdict.SUCCEEDED, Verdict.FAILED)]
+        # A mailbox that exists (or failed for good) releases (or fails) the person's other tasks.
+        dependents_failed = settle_blocked_tasks(
+            person_ids={task.person_id for task in final if task.system == MAILBOX}, now=now)
+        rollup_items_for_persons(stopped | {task.person_id for task in final} | dependents_failed)
+
+    def upkeep(self) -> None:
+        settle_stranded_blocked_tasks()
 
 
 def log_attempts(settled: list[Settled], worker: str) -> None:

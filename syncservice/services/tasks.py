@@ -18,6 +18,7 @@ from ..models import (
     System,
 )
 from .batches import lock_items_by_request_priority
+from .mailbox_first import MAILBOX, opened_status, persons_with_mailbox_coming, waits_for_mailbox
 from .rollup import rollup_items_for_persons
 
 Item = AccountCreationRequestItem
@@ -53,9 +54,11 @@ def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]],
     missing = [Account(person_id=p, system=s, created_at=now, updated_at=now) for p, s in wanted
                if (p, s) not in accounts]
     # A concurrent copy may open the same task: one open task is what we want, so conflicts are skipped.
+    mailbox_coming = persons_with_mailbox_coming(wanted)
     bulk_insert_rows([
-        Task(person_id=p, system=s, request_item_id=item_id, priority=priority, max_attempts=max_attempts,
-             next_attempt_at=now, created_at=now, updated_at=now)
+        Task(person_id=p, system=s, status=opened_status(person_id=p, system=s, mailbox_coming=mailbox_coming),
+             request_item_id=item_id, priority=priority, max_attempts=max_attempts, next_attempt_at=now,
+             created_at=now, updated_at=now)
         for (p, s), (item_id, priority) in wanted.items()
     ], ignore_conflicts=True)
     bulk_insert_rows(missing, ignore_conflicts=True)
@@ -71,6 +74,22 @@ def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]],
 def _accounts_of(person_ids) -> dict[tuple[int, str], tuple[int, str]]:
     return {(p, s): (pk, status) for pk, p, s, status in
             Account.objects.filter(person_id__in=person_ids).values_list("id", "person_id", "system", "status")}
+
+
+def _opened_status_sql(task_table: str, account_table: str) -> tuple[str, list]:
+    """mailbox_first.opened_status in SQL, for a task opened for item i (request r) and system s: `blocked`
+    when it is not the mailbox and the person's mailbox is being created (an open task) or is asked for by
+    the same request and does not exist yet; else `pending`."""
+    if not waits_for_mailbox():
+        return "%s", [Task.Status.PENDING]
+    return (
+        f"CASE WHEN s.system <> %s AND ((r.system_list ? %s AND (SELECT a.status FROM {account_table} a"
+        f" WHERE a.person_id = i.hr_person_id AND a.system = %s) IS DISTINCT FROM %s)"
+        f" OR EXISTS (SELECT 1 FROM {task_table} t WHERE t.person_id = i.hr_person_id AND t.system = %s"
+        f" AND t.status = ANY(%s))) THEN %s ELSE %s END",
+        [MAILBOX, MAILBOX, MAILBOX, Account.Status.CREATED, MAILBOX, list(Task.OPEN_STATUSES),
+         Task.Status.BLOCKED, Task.Status.PENDING],
+    )
 
 
 def _tasks_for_items_batch(batch_size: int) -> tuple[int, int, int]:
@@ -106,6 +125,7 @@ def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
     # rows of jsonb_array_elements (estimated at 100 each, enough to turn JIT compilation on).
     systems = sorted({*System.values, *settings.PROVISIONING_SYSTEMS})
     ids = id_array(item_ids)  # one literal: the driver would adapt a list element by element
+    status_sql, status_params = _opened_status_sql(task_table, account_table)
     with connection.cursor() as cursor:
         cursor.execute(
             # The batch first (materialized): joined from the requests' side, PostgreSQL would walk every
@@ -116,7 +136,8 @@ def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
             f" INSERT INTO {task_table} (person_id, system, status, request_item_id, priority, attempts,"
             f" max_attempts, next_attempt_at, lease_expires_at, locked_by, lease_token, backend_state,"
             f" last_error_code, last_error, created_at, updated_at, finished_at)"
-            f" SELECT DISTINCT ON (i.hr_person_id, s.system) i.hr_person_id, s.system, %s, i.id, r.priority, 0,"
+            f" SELECT DISTINCT ON (i.hr_person_id, s.system) i.hr_person_id, s.system, {status_sql}, i.id,"
+            f" r.priority, 0,"
             f" %s, %s, NULL, '', '', '{{}}'::jsonb, '', '', %s, %s, NULL"
             f" FROM batch i JOIN {request_table} r ON r.id = i.request_id"
             f" JOIN unnest(%s::text[]) AS s(system) ON r.system_list ? s.system"
@@ -136,7 +157,7 @@ def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
             f" ORDER BY o.person_id, o.system ON CONFLICT DO NOTHING"
             f"), done AS (UPDATE {item_table} SET status = %s, updated_at = %s WHERE id = ANY(%s::bigint[]))"
             f" SELECT request_item_id, count(*) FROM opened GROUP BY request_item_id",
-            [ids, Task.Status.PENDING, settings.TASK_MAX_ATTEMPTS, now, now, now, systems, Account.Status.CREATED,
+            [ids, *status_params, settings.TASK_MAX_ATTEMPTS, now, now, now, systems, Account.Status.CREATED,
              Account.Status.CREATING, now, Account.Status.CREATED, Account.Status.CREATING, now, now,
              Item.Status.TASK_CREATED, now, ids],
         )
@@ -194,6 +215,10 @@ def _hr_accounts_needing_tasks():
 
 def _tasks_for_hr_batch(batch_size: int) -> int:
     accounts = list(skip_locked(_hr_accounts_needing_tasks().order_by("id"))[:batch_size])
+    # A person's accounts go in one batch, so that their mailbox's task is opened with the others.
+    seen = {a.pk for a in accounts}
+    accounts += [a for a in skip_locked(_hr_accounts_needing_tasks().filter(
+        person_id__in={a.person_id for a in accounts}).order_by("id")) if a.pk not in seen]
     return _start_tasks({(a.person_id, a.system): (None, 0) for a in accounts},
                         {(a.person_id, a.system): (a.pk, a.status) for a in accounts})
 

@@ -217,8 +217,14 @@ def test_admin_cancels_and_retries_requests_items_and_tasks(hr_caller, staff_cli
     run_pipeline()
     assert AccountCreationRequest.objects.get(request_id=failed_id).status == "partial_failed"
 
-    failed_task = AccountCreationTask.objects.get(status="failed", person__employee_number="TEST002")
+    # The mailbox failed, and with it the accounts waiting for it: retrying the mailbox brings them back.
+    failed = dict(AccountCreationTask.objects.filter(status="failed", person__employee_number="TEST002")
+                  .values_list("system", "last_error_code"))
+    assert failed == {"email": "LOCAL-422", "idaas": "mailbox_failed", "welink": "mailbox_failed"}
+    failed_task = AccountCreationTask.objects.get(status="failed", person__employee_number="TEST002", system="email")
     admin_action(staff_client, "accountcreationtask", "retry_tasks", [failed_task.pk])
+    assert dict(AccountCreationTask.objects.filter(person__employee_number="TEST002").exclude(status="failed")
+                .values_list("system", "status")) == {"email": "pending", "idaas": "blocked", "welink": "blocked"}
     run_pipeline()
     assert AccountCreationRequest.objects.get(request_id=failed_id).status == "completed"
 

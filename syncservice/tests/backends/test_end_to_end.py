@@ -166,3 +166,50 @@ def test_an_address_taken_at_the_mail_system_moves_the_person_to_the_next_one(hr
     task = AccountCreationTask.objects.get(person=person)
     assert task.attempts == 1  # the refused addresses did not use up attempts
     assert list(task.attempt_log.order_by("id").values_list("code", flat=True))[:2] == ["email_taken", "email_taken"]
+
+
+def test_every_target_holds_the_address_the_mail_system_confirmed(hr_caller, exmail_sim, welink_sim, scim):
+    # A stranger holds wangweiwei@ at Exmail: the person gets wangweiwei2@, and IDaaS and WeLink, which
+    # answer at once, must not be created under the stranger's address before the mail system has said so.
+    exmail_sim.add_user("wangweiwei@example.com", name="王伟伟", mobile="13900000009", extid="STRANGER")
+    number = f"WW{time.time_ns() % 10**8}"
+    request = submit(hr_caller, [{"employeeNumber": number, "employeeName": "王伟伟", "departmentCode": "D1",
+                                  "phoneNumber": "13800138009"}], ["idaas", "welink", "email"], key="ONE-ADDRESS")
+
+    run_stages()
+
+    person = HrPerson.objects.get(employee_number=number)
+    assert person.email == "wangweiwei2@example.com"
+    assert exmail_sim.users["wangweiwei2@example.com"]["extid"] == number
+    assert exmail_sim.users["wangweiwei@example.com"]["extid"] == "STRANGER"  # untouched
+    [user] = scim.users_named(number)
+    assert [e["value"] for e in user["emails"] if e.get("primary")] == ["wangweiwei2@example.com"]
+    assert welink_sim.users[number]["userEmail"] == "wangweiwei2@example.com"
+    request.refresh_from_db()
+    assert request.status == "completed"
+    waited = AccountCreationTask.objects.filter(person=person).exclude(system="email")
+    mailbox = AccountCreationTask.objects.get(person=person, system="email")
+    assert all(task.attempt_log.earliest("started_at").started_at >= mailbox.finished_at for task in waited)
+
+
+def test_when_the_mailbox_fails_for_good_the_other_accounts_fail_with_its_reason(hr_caller, exmail_sim, scim):
+    exmail_sim.faults.fail(1, status=200, path="/cgi-bin/user/create",
+                           body={"errcode": 60104, "errmsg": "手机号码已存在"})  # a permanent refusal
+    number = f"MF{time.time_ns() % 10**8}"
+    request = submit(hr_caller, [{"employeeNumber": number, "employeeName": "李四", "departmentCode": "D1",
+                                  "phoneNumber": "13800138010"}], ["idaas", "email"], key="MAILBOX-FAILS")
+
+    run_stages()
+
+    by_system = {a.system: a for a in Account.objects.filter(person__employee_number=number)}
+    assert by_system["email"].status == "failed"
+    assert by_system["idaas"].status == "failed"
+    assert by_system["idaas"].error_message.startswith("[mailbox_failed] 邮箱账号未能开通")
+    assert scim.users_named(number) == []  # never created under an address nobody holds
+    idaas_task = AccountCreationTask.objects.get(person__employee_number=number, system="idaas")
+    assert (idaas_task.last_error_code, idaas_task.attempts, idaas_task.attempt_log.count()) == (
+        "mailbox_failed", 0, 0)
+    request.refresh_from_db()
+    assert request.status == "failed"
+    reasons = {r["system"] for r in request.error_summary["reasons"]}
+    assert reasons == {"email", "idaas"}
