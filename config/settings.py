@@ -62,9 +62,12 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: runserver then serves /static/ through WhiteNoise too, as gunicorn does.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_crontab",
     "syncservice",
     "taskmanagement",
@@ -73,6 +76,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -138,8 +142,19 @@ TIME_ZONE = "Asia/Shanghai"
 USE_I18N = True
 USE_TZ = True
 
+# Static files (the admin's, Swagger UI's, ReDoc's) are served by WhiteNoise from STATIC_ROOT, which
+# `manage.py collectstatic` fills at deployment: names carry a hash of their content, so browsers may cache
+# them for good, and each has compressed copies. With debug on, WhiteNoise reads the apps' own folders and
+# sees edits, so the demo needs no collectstatic.
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage" if DEBUG
+                    else "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # Security headers that matter behind a TLS-terminating proxy; harmless in development.
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -180,6 +195,11 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from this server's static files (drf-spectacular-sidecar), not from a CDN: the
+    # pages work on a closed network.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Several documents carry a request's status: one named enum for it (and a clean `check --deploy`).
     "ENUM_NAME_OVERRIDES": {"RequestStatusEnum": "syncservice.models.AccountCreationRequest.Status"},
@@ -366,6 +386,13 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# /metrics (Prometheus) answers only when enabled, and only to `Authorization: Bearer <METRICS_TOKEN>`;
+# disabled, it answers 404 like any unknown address. See docs/metrics.md.
+METRICS_ENABLED = env_bool("METRICS_ENABLED", False)
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_ENABLED and not METRICS_TOKEN.strip():
+    raise ImproperlyConfigured("METRICS_TOKEN must be set when METRICS_ENABLED is on")
 
 # /readyz answers 503 when a pipeline stage has not succeeded for this long (a stage that never ran is
 # not overdue: a fresh installation is ready before cron's first run).

@@ -1,4 +1,4 @@
-"""A record of every run of a pipeline stage, however it was started."""
+"""Runs of the pipeline stages: a TaskRun for each run worth keeping, a heartbeat per stage for every run."""
 
 from django.db import models
 
@@ -40,3 +40,24 @@ class TaskRun(models.Model):
 
     def __str__(self):
         return f"{self.stage} {self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
+
+
+class StageHeartbeat(models.Model):
+    """The last run of one stage, idle or not: what readiness and the dashboard read.
+
+    An idle scheduled run (cron, run_scheduler: nothing claimed, nothing done) keeps no TaskRun; this row is
+    how it is still known that the stage is alive. Dry runs prove nothing about the schedule and leave it alone.
+    """
+
+    stage = models.CharField("阶段", max_length=64, choices=TaskRun.Stage.choices, unique=True)
+    last_checked_at = models.DateTimeField("最近检查")
+    last_outcome = models.CharField("最近结果", max_length=16, choices=TaskRun.Outcome.choices)
+    last_succeeded_at = models.DateTimeField("最近成功", null=True, blank=True)
+    last_duration_ms = models.IntegerField("最近耗时(ms)", default=0)
+
+    class Meta:
+        verbose_name = "阶段心跳"
+        verbose_name_plural = "阶段心跳"
+
+    def __str__(self):
+        return f"{self.stage} {self.last_checked_at:%Y-%m-%d %H:%M:%S} {self.last_outcome}"

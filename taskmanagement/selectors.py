@@ -1,9 +1,10 @@
-"""Read side for operators: pipeline totals, the oldest waiting work and the last run of each stage."""
+"""Read side for operators: pipeline totals, the oldest waiting work, the last run of each stage, metrics."""
 
 import datetime as dt
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from syncservice.models import (
@@ -12,13 +13,21 @@ from syncservice.models import (
     AccountCreationRequestItem,
     AccountCreationTask,
     Notification,
+    System,
     TargetThrottle,
+    TaskAttempt,
 )
 
-from .models import TaskRun
+from .models import StageHeartbeat, TaskRun
 
 PIPELINE_STAGES = [TaskRun.Stage.SYNC_HR_PERSONS, TaskRun.Stage.CREATE_ACCOUNT_TASKS,
                    TaskRun.Stage.PROCESS_ACCOUNT_TASKS]
+
+
+def due_tasks(now) -> Q:
+    """Tasks waiting for a worker: pending or waiting on the target, and due."""
+    return Q(status__in=[AccountCreationTask.Status.PENDING, AccountCreationTask.Status.WAITING],
+             next_attempt_at__lte=now)
 
 
 def _counts(model, field: str, labels: dict) -> list[dict]:
@@ -26,8 +35,14 @@ def _counts(model, field: str, labels: dict) -> list[dict]:
     return [{"key": row[field], "label": labels.get(row[field], row[field]), "count": row["n"]} for row in rows]
 
 
+def stage_heartbeats() -> dict[str, StageHeartbeat]:
+    """Per stage that has ever run (dry runs aside), its heartbeat: the last check, idle runs included."""
+    return {beat.stage: beat for beat in StageHeartbeat.objects.all()}
+
+
 def last_runs() -> dict[str, dict]:
-    """Per stage: its last run and its last successful run."""
+    """Per stage: its last recorded run, its last successful one and its heartbeat (the last check)."""
+    beats = stage_heartbeats()
     result = {}
     for stage in TaskRun.Stage:
         runs = TaskRun.objects.filter(stage=stage, dry_run=False).order_by("-started_at")
@@ -35,21 +50,25 @@ def last_runs() -> dict[str, dict]:
             "label": stage.label,
             "last": runs.first(),
             "last_success": runs.filter(outcome=TaskRun.Outcome.SUCCEEDED).first(),
+            "heartbeat": beats.get(stage.value),
         }
     return result
 
 
 def overdue_stages(now=None) -> list[str]:
-    """Pipeline stages whose last success is older than READYZ_STAGE_OVERDUE_SECONDS (never-run ones are not)."""
+    """Pipeline stages whose last success is older than READYZ_STAGE_OVERDUE_SECONDS (never-run ones are not).
+
+    Read from the heartbeats, which idle runs move too: they keep no TaskRun.
+    """
     now = now or timezone.now()
     limit = dt.timedelta(seconds=settings.READYZ_STAGE_OVERDUE_SECONDS)
+    beats = stage_heartbeats()
     overdue = []
     for stage in PIPELINE_STAGES:
-        runs = TaskRun.objects.filter(stage=stage, dry_run=False)
-        if not runs.exists():
+        beat = beats.get(stage.value)
+        if beat is None:
             continue
-        last_success = runs.filter(outcome=TaskRun.Outcome.SUCCEEDED).aggregate(at=Max("finished_at"))["at"]
-        if last_success is None or now - last_success > limit:
+        if beat.last_succeeded_at is None or now - beat.last_succeeded_at > limit:
             overdue.append(stage.value)
     return overdue
 
@@ -78,7 +97,7 @@ def dashboard() -> dict:
                       .order_by("created_at").first())
     oldest_processing = (AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PROCESSING)
                          .order_by("created_at").first())
-    due = Task.objects.filter(status__in=[Task.Status.PENDING, Task.Status.WAITING], next_attempt_at__lte=now)
+    due = Task.objects.filter(due_tasks(now))
     oldest_due = due.aggregate(at=Min("next_attempt_at"))["at"]
     return {
         "now": now,
@@ -99,3 +118,66 @@ def dashboard() -> dict:
         "runs": last_runs(),
         "overdue": overdue_stages(now),
     }
+
+
+# --- Metrics: every number read from the database when Prometheus scrapes (docs/metrics.md) ---------------
+
+# Upper bounds, in milliseconds, of the buckets of the target-call duration histogram.
+CALL_DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+
+def row_counts(model, *fields: str) -> dict[tuple[str, ...], int]:
+    """Rows of `model` per combination of `fields` (status, or system and status), in one grouped query."""
+    rows = model.objects.values(*fields).annotate(n=Count("id")).order_by().values_list(*fields, "n")
+    return {tuple(row[:-1]): row[-1] for row in rows}
+
+
+@dataclass(frozen=True)
+class CallTotals:
+    """Logged calls of one (system, outcome, code): how many, how long in all, how many within each bound."""
+
+    count: int
+    duration_ms: int
+    within_ms: tuple[int, ...]  # calls that took at most CALL_DURATION_BUCKETS_MS[i], cumulative
+
+
+def target_call_totals() -> dict[tuple[str, str, str], CallTotals]:
+    """Every call ever logged (TaskAttempt), per (system, outcome, code), with its duration buckets.
+
+    One grouped query over the whole attempt log, which only grows: retention deletes requests and items,
+    never tasks or their attempts.
+    """
+    within = {f"le_{ms}": Count("id", filter=Q(duration_ms__lte=ms)) for ms in CALL_DURATION_BUCKETS_MS}
+    rows = (TaskAttempt.objects.values("task__system", "outcome", "code")
+            .annotate(n=Count("id"), total_ms=Sum("duration_ms"), **within).order_by())
+    return {
+        (row["task__system"], row["outcome"], row["code"]):
+            CallTotals(row["n"], row["total_ms"] or 0, tuple(row[key] for key in within))
+        for row in rows
+    }
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    due: int = 0
+    oldest_due_at: dt.datetime | None = None
+    expired_leases: int = 0  # running tasks whose worker's lease has run out: claimed again soon
+
+
+def queue_depth(now) -> dict[str, QueueDepth]:
+    """Per target system, in one grouped query: the due tasks, when the oldest fell due, the expired leases."""
+    Task = AccountCreationTask
+    due = due_tasks(now)
+    expired = Q(status=Task.Status.RUNNING, lease_expires_at__lt=now)
+    rows = (Task.objects.filter(due | expired).values("system")
+            .annotate(due=Count("id", filter=due), oldest=Min("next_attempt_at", filter=due),
+                      expired=Count("id", filter=expired))
+            .order_by())
+    depth = {system: QueueDepth() for system in System.values}
+    depth.update({row["system"]: QueueDepth(row["due"], row["oldest"], row["expired"]) for row in rows})
+    return depth
+
+
+def target_pauses(now) -> dict[str, dt.datetime]:
+    """Target systems paused by a rate-limit answer, for every worker, and until when."""
+    return dict(TargetThrottle.objects.filter(paused_until__gt=now).values_list("system", "paused_until"))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from config.logging import request_id_var
@@ -15,15 +16,36 @@ from syncservice.services.retention import purge_finished_requests
 from syncservice.services.sync import run_sync_stage
 from syncservice.services.tasks import run_task_creation_stage
 
-from .models import TaskRun
+from .models import StageHeartbeat, TaskRun
 
 logger = logging.getLogger(__name__)
+
+
+# Runs nobody asked for: when idle they keep no TaskRun, only the stage's heartbeat.
+SCHEDULED_TRIGGERS = frozenset({TaskRun.Trigger.CRON, TaskRun.Trigger.SCHEDULER})
 
 
 @dataclass(frozen=True)
 class StageSpec:
     run: Callable
     describe: Callable[[dict, bool], str]
+    # Counts that echo the run's arguments rather than measure work (the purge's older_than_days).
+    arguments: frozenset[str] = frozenset()
+
+    def is_idle(self, counts: dict) -> bool:
+        """Nothing claimed, nothing done: no count of work in `counts` (nested ones included) is positive."""
+        return not _counts_work(counts, self.arguments)
+
+
+def _counts_work(counts: dict, arguments: frozenset[str] = frozenset()) -> bool:
+    for key, value in counts.items():
+        if key in arguments:
+            continue
+        if isinstance(value, dict) and _counts_work(value):
+            return True
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return True
+    return False
 
 
 def _describe_sync(c: dict, dry_run: bool) -> str:
@@ -88,13 +110,25 @@ STAGES = {
     TaskRun.Stage.SYNC_HR_PERSONS: StageSpec(_run_sync, _describe_sync),
     TaskRun.Stage.CREATE_ACCOUNT_TASKS: StageSpec(_run_tasks, _describe_tasks),
     TaskRun.Stage.PROCESS_ACCOUNT_TASKS: StageSpec(_run_process, _describe_process),
-    TaskRun.Stage.PURGE_ACCOUNT_REQUESTS: StageSpec(_run_purge, _describe_purge),
+    TaskRun.Stage.PURGE_ACCOUNT_REQUESTS: StageSpec(_run_purge, _describe_purge,
+                                                    arguments=frozenset({"older_than_days"})),
 }
+
+
+def run_is_idle(run: TaskRun) -> bool:
+    """Whether a finished run claimed nothing and did nothing, judged from the counts its stage returned."""
+    return STAGES[TaskRun.Stage(run.stage)].is_idle(run.counts)
 
 
 def stage_run(*, stage: str, trigger: str, dry_run: bool = False, limit: int | None = None,
               triggered_by: str = "", **options) -> TaskRun:
-    """Run one stage once and return its TaskRun; a failure is logged and recorded, then raised."""
+    """Run one stage once and return its TaskRun; a failure is logged and recorded, then raised.
+
+    The TaskRun is written before the stage starts, so that a run that crashes leaves its record. An idle
+    scheduled run (cron, run_scheduler) gives its row up once it has finished: only the stage's heartbeat
+    moves, and the TaskRun comes back unsaved (pk None). A run a person asked for (the API, a command) keeps
+    its row even when idle: the answer names it and it is listed among the runs.
+    """
     spec = STAGES[TaskRun.Stage(stage)]
     try:
         run = TaskRun.objects.create(stage=stage, trigger=trigger, dry_run=dry_run, host=socket.gethostname(),
@@ -123,7 +157,9 @@ def _execute(run: TaskRun, spec: StageSpec, dry_run: bool, limit: int | None, op
         run.summary = f"{type(exc).__name__}: {exc}"[:4000]
         run.finished_at = timezone.now()
         try:
-            run.save(update_fields=["outcome", "summary", "finished_at"])
+            with transaction.atomic():
+                run.save(update_fields=["outcome", "summary", "finished_at"])
+                _beat(run)
         except Exception:  # the database itself may be what failed
             logger.warning("could not record the failure of %s run %s", stage, run.pk)
         raise
@@ -131,8 +167,27 @@ def _execute(run: TaskRun, spec: StageSpec, dry_run: bool, limit: int | None, op
     run.summary = spec.describe(counts, dry_run)
     run.outcome = TaskRun.Outcome.SUCCEEDED
     run.finished_at = timezone.now()
-    run.save(update_fields=["counts", "summary", "outcome", "finished_at"])
+    idle = spec.is_idle(counts)
     # An idle run (every few seconds under run_scheduler) is not worth an INFO line.
-    busy = any(isinstance(value, int) and value for value in counts.values())
-    logger.log(logging.INFO if busy else logging.DEBUG, "%s finished: %s", stage, run.summary)
+    logger.log(logging.DEBUG if idle else logging.INFO, "%s finished: %s", stage, run.summary)
+    with transaction.atomic():
+        if idle and run.trigger in SCHEDULED_TRIGGERS:
+            run.delete()
+        else:
+            run.save(update_fields=["counts", "summary", "outcome", "finished_at"])
+        _beat(run)
     return run
+
+
+def _beat(run: TaskRun) -> None:
+    """Move the stage's heartbeat to this finished run, in one statement (several workers may race for it)."""
+    if run.dry_run:
+        return
+    succeeded = run.outcome == TaskRun.Outcome.SUCCEEDED
+    beat = StageHeartbeat(stage=run.stage, last_checked_at=run.finished_at, last_outcome=run.outcome,
+                          last_succeeded_at=run.finished_at if succeeded else None,
+                          last_duration_ms=round((run.finished_at - run.started_at).total_seconds() * 1000))
+    fields = ["last_checked_at", "last_outcome", "last_duration_ms"]
+    # A failure leaves the time of the last success as it was.
+    StageHeartbeat.objects.bulk_create([beat], update_conflicts=True, unique_fields=["stage"],
+                                       update_fields=[*fields, "last_succeeded_at"] if succeeded else fields)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from config.logging import JsonFormatter, RedactingFilter, redact
 from syncservice.tests.fixtures import note_example, requires_postgres, run_pipeline
-from taskmanagement.models import TaskRun
+from taskmanagement.models import StageHeartbeat
 
 pytestmark = pytest.mark.django_db
 
@@ -30,12 +30,15 @@ def test_readyz_is_ready_on_a_fresh_installation(client):
 
 def test_readyz_is_unavailable_when_a_stage_is_overdue(client, settings):
     settings.READYZ_STAGE_OVERDUE_SECONDS = 600
-    old = timezone.now() - dt.timedelta(hours=1)
-    for stage in ("sync_hr_persons", "create_account_tasks", "process_account_creation_tasks"):
-        run = TaskRun.objects.create(stage=stage, trigger="cron", outcome="succeeded")
-        TaskRun.objects.filter(pk=run.pk).update(started_at=old, finished_at=old)
-    TaskRun.objects.create(stage="sync_hr_persons", trigger="cron", outcome="succeeded", finished_at=timezone.now())
-    TaskRun.objects.create(stage="create_account_tasks", trigger="cron", outcome="failed", finished_at=timezone.now())
+    now = timezone.now()
+    old = now - dt.timedelta(hours=1)
+    StageHeartbeat.objects.create(stage="sync_hr_persons", last_checked_at=now, last_outcome="succeeded",
+                                  last_succeeded_at=now)
+    # Checked a moment ago, but failing since its last success an hour ago.
+    StageHeartbeat.objects.create(stage="create_account_tasks", last_checked_at=now, last_outcome="failed",
+                                  last_succeeded_at=old)
+    StageHeartbeat.objects.create(stage="process_account_creation_tasks", last_checked_at=old,
+                                  last_outcome="succeeded", last_succeeded_at=old)
 
     response = client.get("/readyz")
 

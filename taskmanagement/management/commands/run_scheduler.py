@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
 from taskmanagement.models import TaskRun
-from taskmanagement.services import stage_run
+from taskmanagement.services import run_is_idle, stage_run
 
 PIPELINE = [TaskRun.Stage.SYNC_HR_PERSONS, TaskRun.Stage.CREATE_ACCOUNT_TASKS, TaskRun.Stage.PROCESS_ACCOUNT_TASKS]
 
@@ -39,7 +39,7 @@ class Command(BaseCommand):
                 try:
                     extra = {"stop": stop} if stage == TaskRun.Stage.PROCESS_ACCOUNT_TASKS else {}
                     run = stage_run(stage=stage, trigger=TaskRun.Trigger.SCHEDULER, **extra)
-                    if any(isinstance(v, int) and v for v in run.counts.values()):
+                    if not run_is_idle(run):
                         self.stdout.write(f"{stage}: {run.summary}")
                 except Exception as exc:  # keep the loop alive; the next round retries (stage_run logged it)
                     failures += 1
