@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ENV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1} LOG_FORMAT=$${LOG_FORMAT:-plain}
 
-.PHONY: install run test lint migrate clean
+.PHONY: install run port-free test lint migrate clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,31 @@ migrate: install
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput
 
 # The demo: SQLite and the in-process backends; the scheduler runs the stages every few seconds.
-run: migrate
+run: port-free migrate
 	$(DEMO_ENV) $(PY) manage.py ensure_demo --base-url http://$(HOST):$(PORT)
 	@echo "Starting the scheduler and the server on http://$(HOST):$(PORT)/ (Ctrl-C stops both)"
 	@bash -c 'trap "kill 0" EXIT; \
 	  $(DEMO_ENV) SCHEDULER_INTERVAL_SECONDS=$${SCHEDULER_INTERVAL_SECONDS:-5} $(PY) manage.py run_scheduler & \
 	  $(DEMO_ENV) $(PY) manage.py runserver --noreload $(HOST):$(PORT)'
+
+# A taken port stops `make run` before it sets anything up, with a hint, rather than runserver's error at the
+# end. Binds as runserver does (SO_REUSEADDR: a port a stopped server just left is free).
+define PORT_CHECK
+import errno, socket, sys
+host, port = sys.argv[1].strip("[]"), int(sys.argv[2])
+with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            sys.exit(f"port {port} is in use; try make run PORT={port + 1}")
+        sys.exit(f"cannot listen on {host}:{port}: {e}")
+endef
+export PORT_CHECK
+
+port-free:
+	@$(PYTHON) -c "$$PORT_CHECK" $(HOST) $(PORT)
 
 # The suite; set DATABASE_URL=postgres://... to run it on PostgreSQL (.ci/run does).
 test: install

@@ -1,8 +1,8 @@
-"""URL routes: the API, the task-management endpoints, dashboard and probes, the schema and the admin."""
+"""URL routes: both APIs, the start page, the dashboard and probes, the schema and its pages, the admin."""
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 urlpatterns = [
     path("account-creation/", include("syncservice.api.urls")),
@@ -11,10 +11,16 @@ urlpatterns = [
          name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[],
                                                       authentication_classes=[]), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="syncservice/redoc.html",
+                                                    permission_classes=[], authentication_classes=[]),
+         name="api-redoc"),
     # Before the admin's own routes, whose catch-all would answer /admin/dashboard/ with a 404.
     path("", include("taskmanagement.site_urls")),
     path("admin/", admin.site.urls),
 ]
+
+# A path the API does not have answers in the API's error shape; any other, Django's 404 page.
+handler404 = "syncservice.api.exceptions.page_not_found"
 
 admin.site.site_header = "账号开通服务管理后台"
 admin.site.site_title = "账号开通服务"

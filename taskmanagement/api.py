@@ -9,6 +9,7 @@ from syncservice.api.permissions import IsOperatorOrStaff
 from syncservice.api.query import Pagination, QueryParams
 from syncservice.api.schema import (
     BODY_ERRORS,
+    PAGE_MAX,
     PAGE_SIZE_MAX,
     RETRY_AFTER_HEADER,
     error_responses,
@@ -149,7 +150,7 @@ class RunListView(APIView):
     def get(self, request):
         query = QueryParams(request)
         stage = query.choice("stage", TaskRun.Stage.values)
-        query.integer("page", minimum=1)
+        query.integer("page", minimum=1, maximum=PAGE_MAX)
         query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
         query.check()
         queryset = TaskRun.objects.order_by("-started_at", "-id")

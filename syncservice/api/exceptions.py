@@ -5,7 +5,9 @@ import logging
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.urls import reverse
+from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
@@ -90,3 +92,16 @@ def _server_error(exc, context):
     logger.error("Internal Server Error: %s", path, exc_info=(type(exc), exc, exc.__traceback__))
     set_rollback()
     return Response(error_body("server_error", "An unexpected error occurred; it has been logged."), status=500)
+
+
+# Where config/urls.py mounts the API. A path under them that names no endpoint is still the API's: it answers
+# in the API's error shape, which its callers parse, rather than with an HTML page.
+API_PATH_PREFIXES = ("/account-creation/", "/task-management/")
+
+
+def page_not_found(request, exception):
+    """Django's handler404: the API's JSON 404 under the API's paths, Django's own 404 page anywhere else."""
+    if not request.path_info.startswith(API_PATH_PREFIXES):
+        return defaults.page_not_found(request, exception)
+    body = error_body("not_found", f"No endpoint at this path; {reverse('schema')} lists the API's endpoints.")
+    return JsonResponse(body, status=404)

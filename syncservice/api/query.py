@@ -8,7 +8,9 @@ from ..errors import PayloadInvalid
 from ..validation import has_forbidden_chars
 from .schema import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 
-_INTEGER_RE = re.compile(r"-?[0-9]{1,12}")
+_INTEGER_RE = re.compile(r"-?[0-9]+")
+# More significant digits than any bound a parameter has: out of range, without converting it.
+_MAX_DIGITS = 18
 
 
 class Pagination(PageNumberPagination):
@@ -38,17 +40,17 @@ class QueryParams:
             return None
         return values[0]
 
-    def integer(self, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    def integer(self, name: str, *, minimum: int, maximum: int) -> int | None:
+        """An integer from minimum to maximum, the bounds the schema states for the parameter."""
         raw = self._single(name)
         if raw is None:
             return None
         if not _INTEGER_RE.fullmatch(raw):
             self._error(name, "invalid_type", "Must be an integer.")
             return None
-        value = int(raw)
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            self._error(name, "out_of_range", f"Must be {bounds}.")
+        value = int(raw) if len(raw.lstrip("-0")) <= _MAX_DIGITS else None
+        if value is None or not minimum <= value <= maximum:
+            self._error(name, "out_of_range", f"Must be between {minimum} and {maximum}.")
             return None
         return value
 

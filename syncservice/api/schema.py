@@ -32,6 +32,10 @@ def _identifier(max_length: int, pattern: str, description: str) -> dict:
             "description": description}
 
 
+USER_LIST_NOTE = (
+    "Each employeeNumber at most once in the batch, compared case-insensitively (`e001` repeats `E001`): a "
+    "repeat refuses the whole batch with 400, an error coded `duplicate` at `userList[i].employeeNumber` "
+    "naming the first one.")
 TEXT_NOTE = ("Control and invisible formatting characters are refused; surrounding whitespace is dropped and the "
              "text is stored in Unicode normal form C.")
 
@@ -79,7 +83,8 @@ def create_accounts_input_schema(user_ref: dict) -> dict:
             },
             "userList": {
                 "type": "array", "minItems": 1, "maxItems": settings.MAX_USERS_PER_REQUEST, "items": user_ref,
-                "description": "Employee numbers must be unique in the batch, case-insensitively.",
+                # JSON Schema cannot say this (uniqueItems compares whole users): the description must.
+                "description": USER_LIST_NOTE,
             },
             "priority": {
                 "type": "integer", "minimum": v.PRIORITY_MIN, "maximum": v.PRIORITY_MAX, "nullable": True,
@@ -147,11 +152,14 @@ REQUEST_ID_PARAMETER = OpenApiParameter(
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
+# A bound the schema can state, past the last page of any list: at the default page size, 50 million rows.
+PAGE_MAX = 1_000_000
 
 
 def page_parameters() -> list[OpenApiParameter]:
     return [
-        OpenApiParameter("page", {"type": "integer", "minimum": 1}, description="1-based; past the last page: 404."),
+        OpenApiParameter("page", {"type": "integer", "minimum": 1, "maximum": PAGE_MAX},
+                         description=f"1-based, at most {PAGE_MAX}; past the last page: 404."),
         OpenApiParameter("page_size", {"type": "integer", "minimum": 1, "maximum": PAGE_SIZE_MAX},
                          description=f"At most {PAGE_SIZE_MAX}; default {PAGE_SIZE_DEFAULT}."),
     ]

@@ -23,6 +23,7 @@ from .permissions import CanReadRequests, IsOriginClient
 from .query import Pagination, QueryParams
 from .schema import (
     BODY_ERRORS,
+    PAGE_MAX,
     PAGE_SIZE_MAX,
     REQUEST_ID_PARAMETER,
     RETRY_AFTER_HEADER,
@@ -142,7 +143,7 @@ class RequestListView(APIView):
         query = QueryParams(request)
         wanted_status = query.choice("status", AccountCreationRequest.Status.values)
         business_key = query.text("businessKey", max_length=BUSINESS_KEY_MAX)
-        query.integer("page", minimum=1)
+        query.integer("page", minimum=1, maximum=PAGE_MAX)
         query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
         query.check()
         queryset = selectors.requests_visible_to(request.user).order_by("-created_at", "-id")

@@ -31,6 +31,19 @@ def test_origin_client_token_is_the_last_line_and_works(client):
     assert Caller(client, token).submit(note_example()).status_code == 202
 
 
+@pytest.mark.parametrize(("args", "first_line"), [
+    (["SUPPLIER"], "Created client 'SUPPLIER' (id {id}) for originSystem SUPPLIER."),
+    (["SUPPLIER", "--name", "portal"], "Created client 'portal' (id {id}) for originSystem SUPPLIER."),
+    (["ops-console", "--operator"], "Created operator client 'ops-console' (id {id})."),
+])
+def test_the_first_line_names_the_client_and_its_origin_once_each(args, first_line):
+    lines = run(*args)
+    api_client = ApiClient.objects.get()
+    assert lines[0] == first_line.format(id=api_client.pk)
+    assert lines[1] == "Its token follows; it is shown only this once. Send it as 'Authorization: Bearer <token>'."
+    assert len(lines) == 3
+
+
 def test_operator_client_is_bound_to_no_origin_and_reads_everything(client):
     token = run("ops-console", "--operator")[-1]
     api_client = ApiClient.objects.get(name="ops-console")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from syncservice.api.schema import PAGE_MAX
 from syncservice.models import AccountCreationRequestItem
 
 from .fixtures import note_example
@@ -26,6 +27,56 @@ def test_docs_page_is_served(client):
     response = client.get("/api/docs/")
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
+
+
+@pytest.mark.parametrize(("path", "asset"), [
+    ("/api/docs/", "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"),
+    ("/api/redoc/", "/static/drf_spectacular_sidecar/redoc/bundles/redoc.standalone.js"),
+])
+def test_docs_pages_load_their_scripts_from_this_servers_static_files(client, path, asset):
+    page = client.get(path).content.decode()
+    assert f'src="{asset}"' in page
+    assert "https://" not in page and "cdn" not in page
+
+
+def schema(client) -> dict:
+    response = client.get("/api/schema/?format=json")
+    assert response.status_code == 200
+    return response.json()
+
+
+LIST_ENDPOINTS = [("/account-creation/requests/", "hr_caller"), ("/task-management/runs/", "operator_caller")]
+
+
+@pytest.mark.parametrize(("path", "caller"), LIST_ENDPOINTS)
+def test_the_page_parameter_states_the_maximum_the_list_accepts(client, request, path, caller):
+    page = next(p for p in schema(client)["paths"][path]["get"]["parameters"] if p["name"] == "page")
+    assert page["schema"] == {"type": "integer", "minimum": 1, "maximum": PAGE_MAX}
+    caller = request.getfixturevalue(caller)
+    # The maximum is accepted: a page past the last one, the documented 404.
+    past_the_end = caller.get(f"{path}?page={PAGE_MAX}")
+    assert past_the_end.status_code == 404 and past_the_end.json()["code"] == "not_found"
+    # Past it, and however many digits the number has, it is out of range rather than "not an integer".
+    for number in (PAGE_MAX + 1, 886297896441173, "9" * 40):
+        refused = caller.get(f"{path}?page={number}")
+        assert refused.status_code == 400, refused.content
+        assert refused.json()["errors"] == [
+            {"field": "page", "code": "out_of_range", "message": f"Must be between 1 and {PAGE_MAX}."}]
+
+
+def test_the_schema_states_that_a_batch_names_each_employee_once(client, hr_caller):
+    user_list = schema(client)["components"]["schemas"]["CreateAccountsInputRequest"]["properties"]["userList"]
+    description = user_list["description"]
+    assert "employeeNumber at most once" in description and "case-insensitively" in description
+    assert "`duplicate`" in description and "`userList[i].employeeNumber`" in description
+    # What the description says is what the API does.
+    users = note_example()["userList"]
+    repeated = {**users[0], "employeeNumber": users[0]["employeeNumber"].lower()}
+    response = hr_caller.submit(note_example(userList=[users[0], repeated]))
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "userList[1].employeeNumber", "code": "duplicate",
+         "message": f"Employee number {repeated['employeeNumber']} also appears at userList[0]."}]
 
 
 ADMIN_PAGES = [

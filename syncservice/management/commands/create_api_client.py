@@ -66,8 +66,9 @@ class Command(BaseCommand):
                     secret = api_client_rotate_webhook_secret(client=client)
         except ValidationError as e:
             raise CommandError(_describe(e)) from e
-        kind = "operator client" if operator else f"client for originSystem {origin_system!r}"
-        self.stdout.write(f"Created {kind} {client.name!r} (id {client.pk}).")
+        kind = "operator client" if operator else "client"
+        bound = "" if operator else f" for originSystem {origin_system}"
+        self.stdout.write(f"Created {kind} {client.name!r} (id {client.pk}){bound}.")
         if client.notify_email:
             self.stdout.write(f"Completion emails go to {client.notify_email}.")
         if secret is not None:

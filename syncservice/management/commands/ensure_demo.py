@@ -49,6 +49,7 @@ class Command(BaseCommand):
         path.write_text(json.dumps(credentials, indent=2))
         path.chmod(0o600)
         self.stdout.write(f"Demo credentials (also in {path}):")
+        self.stdout.write(f"  Start page:     {base_url}/")
         self.stdout.write(f"  API:            {base_url}/account-creation/create_accounts/")
         self.stdout.write(f"  API docs:       {base_url}/api/docs/")
         self.stdout.write(f"  Admin:          {base_url}/admin/  user {DEMO_ADMIN!r} "
