@@ -3,11 +3,16 @@
 from urllib.parse import urlsplit
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from config.logging import mask_phone
+from config.logging import mask_phone, mask_phones
 
+from . import selectors
+from .audit import Action, audit_record
+from .db.locking import wait_locked
 from .errors import InvalidTransition
 from .models import (
     Account,
@@ -18,10 +23,20 @@ from .models import (
     HrPerson,
     HrSyncState,
     Notification,
+    System,
     TaskAttempt,
 )
+from .services.clients import api_client_set_active
 from .services.lifecycle import items_retry, request_cancel, request_retry, tasks_retry
 from .services.notifications import notifications_resend
+
+
+class AuditedActionsMixin:
+    """Admin actions leave, per object they change, an AuditEntry and a LogEntry (the object's history page)."""
+
+    def audit(self, request, obj, action: str, details: dict | None = None) -> None:
+        audit_record(actor=request.user, action=action, target=obj, details=details)
+        self.log_change(request, obj, Action(action).label)
 
 
 class ReadOnlyAdminMixin:
@@ -35,7 +50,7 @@ class ReadOnlyAdminMixin:
 
 
 @admin.register(ApiClient)
-class ApiClientAdmin(admin.ModelAdmin):
+class ApiClientAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = ("name", "origin_system", "is_operator", "is_active", "default_priority", "token_hint",
                     "notify_email", "has_webhook_secret", "last_used_at", "created_at")
     list_filter = ("is_active", "is_operator", "origin_system")
@@ -56,13 +71,37 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     @admin.action(description="停用所选客户端")
     def disable_clients(self, request, queryset):
-        count = queryset.update(is_active=False)
+        count = self._set_active(request, queryset, is_active=False)
         self.message_user(request, f"已停用 {count} 个客户端。")
 
     @admin.action(description="启用所选客户端")
     def enable_clients(self, request, queryset):
-        count = queryset.update(is_active=True)
+        count = self._set_active(request, queryset, is_active=True)
         self.message_user(request, f"已启用 {count} 个客户端。")
+
+    def _set_active(self, request, queryset, *, is_active: bool) -> int:
+        action = Action.CLIENT_ENABLE if is_active else Action.CLIENT_DISABLE
+        count = 0
+        for client in queryset.exclude(is_active=is_active):
+            with transaction.atomic():
+                if api_client_set_active(client=client, is_active=is_active):
+                    self.audit(request, client, action)
+                    count += 1
+        return count
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # The change form writes its own LogEntry; the audit trail gets the fields' names, never their values.
+        if change and form.changed_data:
+            action = Action.CLIENT_CHANGE
+            if "is_active" in form.changed_data:
+                action = Action.CLIENT_ENABLE if obj.is_active else Action.CLIENT_DISABLE
+            audit_record(actor=request.user, action=action, target=obj, details={"fields": form.changed_data})
+
+
+# Rows of the attempt table on an item's page; the API's item log pages through all of them.
+ATTEMPT_LOG_ROWS = 200
+SYSTEM_LABELS = dict(System.choices)
 
 
 class RequestItemInline(admin.TabularInline):
@@ -90,7 +129,7 @@ def progress_bar(request: AccountCreationRequest):
 
 
 @admin.register(AccountCreationRequest)
-class AccountCreationRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AccountCreationRequestAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("request_id", "origin_system", "business_key", "status", "priority", "total_users",
                     "processed_users", "progress_column", "created_at", "completed_at")
     list_filter = ("status", "origin_system", "created_at")
@@ -103,20 +142,22 @@ class AccountCreationRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="取消所选请求")
     def cancel_requests(self, request, queryset):
-        done = self._apply_each(request, queryset, request_cancel)
+        done = self._apply_each(request, queryset, request_cancel, Action.REQUEST_CANCEL)
         self.message_user(request, f"已取消（或正在取消）{done} 个请求。")
 
     @admin.action(description="重试所选请求的失败用户")
     def retry_requests(self, request, queryset):
-        done = self._apply_each(request, queryset, request_retry)
+        done = self._apply_each(request, queryset, request_retry, Action.REQUEST_RETRY)
         self.message_user(request, f"已重试 {done} 个请求。")
 
-    def _apply_each(self, request, queryset, action) -> int:
+    def _apply_each(self, request, queryset, action, audit_action: str) -> int:
         """Apply a lifecycle action to every selected request; report the ones it does not apply to."""
         done = 0
         for account_request in queryset:
             try:
-                action(request=account_request)
+                with transaction.atomic():
+                    changed = action(request=account_request)
+                    self.audit(request, changed, audit_action)
                 done += 1
             except InvalidTransition as exc:
                 self.message_user(request, exc.message, level=messages.WARNING)
@@ -148,25 +189,51 @@ class TaskInline(admin.TabularInline):
 
 
 @admin.register(AccountCreationRequestItem)
-class AccountCreationRequestItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AccountCreationRequestItemAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("employee_number", "employee_name", "masked_phone", "request", "status", "updated_at")
     list_filter = ("status", "request__origin_system")
     search_fields = ("employee_number", "request__request_id", "request__business_key")
     list_select_related = ("request",)
     exclude = ("phone_number",)
     readonly_fields = [f.name for f in AccountCreationRequestItem._meta.fields if f.name != "phone_number"] + [
-        "masked_phone"]
+        "masked_phone", "attempt_log"]
     inlines = [TaskInline]
     actions = ["retry_items"]
 
     @admin.action(description="重试所选失败的用户")
     def retry_items(self, request, queryset):
-        count = items_retry(items=list(queryset))
+        with transaction.atomic():
+            # The selected items items_retry reopens, locked first so that the entries name exactly those.
+            failed = list(wait_locked(AccountCreationRequestItem.objects.filter(
+                pk__in=queryset.values("pk"), status=AccountCreationRequestItem.Status.FAILED,
+                hr_person__isnull=False).order_by("id")))
+            count = items_retry(items=failed)
+            for item in failed:
+                self.audit(request, item, Action.ITEM_RETRY)
         self.message_user(request, f"已重新排队 {count} 个失败的用户。")
 
     @admin.display(description="电话号码")
     def masked_phone(self, obj):
         return mask_phone(obj.phone_number) if obj.phone_number else ""
+
+    @admin.display(description="执行记录")
+    def attempt_log(self, obj):
+        """Every call for this person to the request's systems, newest first: the API's item log, as a table."""
+        if obj.pk is None:
+            return "-"
+        attempts = list(selectors.item_attempts(item=obj, systems=obj.request.system_list)[:ATTEMPT_LOG_ROWS + 1])
+        if not attempts:
+            return "暂无执行记录"
+        rows = format_html_join("", "<tr>{}</tr>", (
+            (format_html("<td>{}</td>" * 8, timezone.localtime(a.started_at).strftime("%Y-%m-%d %H:%M:%S"),
+                         SYSTEM_LABELS.get(a.system, a.system), a.get_outcome_display(), a.attempt_number,
+                         a.code or "-", mask_phones(a.message) or "-", a.duration_ms, a.worker or "-"),)
+            for a in attempts[:ATTEMPT_LOG_ROWS]))
+        note = format_html("<p>仅显示最近 {} 条。</p>", ATTEMPT_LOG_ROWS) if len(attempts) > ATTEMPT_LOG_ROWS else ""
+        return format_html(
+            "<table><thead><tr><th>时间</th><th>系统</th><th>结果</th><th>序号</th><th>目标系统代码</th>"
+            "<th>目标系统信息</th><th>耗时(ms)</th><th>执行者</th></tr></thead><tbody>{}</tbody></table>{}",
+            rows, note)
 
 
 class AccountInline(admin.TabularInline):
@@ -213,7 +280,7 @@ class AttemptInline(admin.TabularInline):
 
 
 @admin.register(AccountCreationTask)
-class AccountCreationTaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AccountCreationTaskAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "person", "system", "status", "priority", "attempts", "next_attempt_at",
                     "last_error_code", "locked_by", "updated_at")
     list_filter = ("status", "system")
@@ -225,7 +292,12 @@ class AccountCreationTaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="重试所选失败的任务")
     def retry_tasks(self, request, queryset):
-        count = tasks_retry(tasks=list(queryset))
+        with transaction.atomic():
+            # One entry per failed task chosen: each gets a successor (a fresh task, or one already open).
+            failed = list(queryset.filter(status=AccountCreationTask.Status.FAILED))
+            count = tasks_retry(tasks=failed)
+            for task in failed:
+                self.audit(request, task, Action.TASK_RETRY)
         self.message_user(request, f"已为 {count} 个失败的任务创建新任务。")
 
 
@@ -245,7 +317,7 @@ class HrSyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class NotificationAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("message_id", "request", "channel", "target_display", "status", "attempts", "last_status_code",
                     "next_attempt_at", "delivered_at")
     list_filter = ("status", "channel")
@@ -277,5 +349,10 @@ class NotificationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="重新发送", permissions=["resend"])
     def resend(self, request, queryset):
-        count = notifications_resend(notifications=list(queryset))
+        with transaction.atomic():
+            failed = list(wait_locked(Notification.objects.filter(
+                pk__in=queryset.values("pk"), status=Notification.Status.FAILED).order_by("id")))
+            count = notifications_resend(notifications=failed)
+            for notification in failed:
+                self.audit(request, notification, Action.NOTIFICATION_RESEND)
         self.message_user(request, f"已将 {count} 条失败的通知重新排队发送。")

@@ -4,6 +4,7 @@ import hashlib
 import re
 import secrets
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -164,6 +165,10 @@ class AccountCreationRequest(models.Model):
     total_users = models.IntegerField("总用户数", default=0)
     processed_users = models.IntegerField("已处理用户数", default=0)
     error_summary = models.JSONField("错误摘要", null=True, blank=True)
+    error_history = models.JSONField(
+        "历史错误", default=list, blank=True,
+        help_text="Every error summary a retry cleared, oldest first, with the status it had and when it was retried.",
+    )
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)
     completed_at = models.DateTimeField("完成时间", null=True, blank=True)
@@ -271,6 +276,8 @@ class AccountCreationTask(models.Model):
         FAILED = "failed", "失败"
         CANCELLED = "cancelled", "已取消"
         BLOCKED = "blocked", "等待邮箱开通"
+        # A failed task a retry replaced with a fresh one: final, its failure no longer the account's.
+        RETRIED = "retried", "已重试"
 
     OPEN_STATUSES = (Status.PENDING, Status.RUNNING, Status.WAITING, Status.BLOCKED)
 
@@ -447,3 +454,71 @@ class TargetThrottle(models.Model):
 
     def __str__(self):
         return self.system
+
+
+class AuditEntry(models.Model):
+    """One operator action: who, what, on which object, when, under which request (or stage run) id.
+
+    Written by `syncservice.audit.audit_record` in the action's own transaction, so that an action that
+    fails leaves none. Rows are never changed: the admin shows them read-only and `save` refuses an update.
+    Details hold counts and flags, never a secret or a phone number.
+    """
+
+    class ActorType(models.TextChoices):
+        USER = "user", "员工用户"
+        CLIENT = "client", "API 客户端"
+        SYSTEM = "system", "系统"
+
+    class Action(models.TextChoices):
+        REQUEST_CANCEL = "request.cancel", "取消请求"
+        REQUEST_RETRY = "request.retry", "重试请求"
+        ITEM_RETRY = "item.retry", "重试用户"
+        TASK_RETRY = "task.retry", "重试任务"
+        NOTIFICATION_RESEND = "notification.resend", "重新发送通知"
+        STAGE_RUN = "stage.run", "运行阶段"
+        CLIENT_CREATE = "client.create", "创建客户端"
+        CLIENT_ROTATE_TOKEN = "client.rotate_token", "轮换客户端令牌"
+        CLIENT_ROTATE_WEBHOOK_SECRET = "client.rotate_webhook_secret", "轮换回调密钥"
+        CLIENT_CHANGE = "client.change", "修改客户端"
+        CLIENT_DISABLE = "client.disable", "停用客户端"
+        CLIENT_ENABLE = "client.enable", "启用客户端"
+
+    created_at = models.DateTimeField("时间", auto_now_add=True)
+    actor_type = models.CharField("操作者类型", max_length=16, choices=ActorType.choices)
+    actor = models.CharField("操作者", max_length=150)
+    # Kept when the user or client is deleted: `actor` still names them.
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name="员工用户", null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    actor_client = models.ForeignKey(ApiClient, verbose_name="API 客户端", null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField("操作", max_length=64, choices=Action.choices)
+    object_type = models.CharField("对象类型", max_length=100, help_text="app_label.model, e.g. "
+                                                                       "syncservice.accountcreationrequest")
+    object_id = models.CharField("对象ID", max_length=64)
+    object_repr = models.CharField("对象", max_length=200)
+    request_id = models.CharField("请求追踪ID", max_length=128, blank=True, default="",
+                                  help_text="The request id of the API or admin request, or the stage run, "
+                                            "as in the log lines.")
+    details = models.JSONField("详情", default=dict, blank=True)
+
+    class Meta:
+        verbose_name = "操作审计记录"
+        verbose_name_plural = "操作审计记录"
+        ordering = ("-created_at", "-id")
+        indexes = [
+            models.Index(fields=["-created_at"], name="audit_recent"),
+            models.Index(fields=["object_type", "object_id"], name="audit_object"),
+            models.Index(fields=["request_id"], name="audit_request_id"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(actor_type__in=["user", "client", "system"]),
+                                   name="audit_actor_type_known"),
+        ]
+
+    def __str__(self):
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_repr}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("An audit entry is never changed once written.")
+        super().save(*args, **kwargs)

@@ -2,11 +2,21 @@
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, FilteredRelation, OuterRef, Q, QuerySet, Subquery
+
+from config.logging import mask_phones
 
 from .errors import RequestNotFound
-from .models import Account, AccountCreationRequest, AccountCreationRequestItem, ApiClient
+from .models import (
+    Account,
+    AccountCreationRequest,
+    AccountCreationRequestItem,
+    AccountCreationTask,
+    ApiClient,
+    TaskAttempt,
+)
 
 
 def iso_utc(value: dt.datetime | None) -> str | None:
@@ -46,25 +56,92 @@ def request_summary(request: AccountCreationRequest) -> dict:
         "processedUsers": request.processed_users,
         "progress": request.progress,
         "errorSummary": request.error_summary or None,
+        "errorHistory": request.error_history or [],
         "createdAt": iso_utc(request.created_at),
         "updatedAt": iso_utc(request.updated_at),
         "completedAt": iso_utc(request.completed_at),
     }
 
 
+@dataclass(frozen=True)
+class TaskProgress:
+    """Where the work on one (person, system) stands: its open task, or else its latest one."""
+
+    attempts: int
+    last_error_code: str
+    last_error: str
+    last_attempt_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None  # only while the task is open and not waiting for the mailbox
+
+    def as_document(self) -> dict:
+        has_error = bool(self.last_error or self.last_error_code)
+        return {
+            "attempts": self.attempts,
+            # A target's message may quote the person's phone number back.
+            "lastError": {"code": self.last_error_code or None, "message": mask_phones(self.last_error)}
+            if has_error else None,
+            "lastAttemptAt": iso_utc(self.last_attempt_at),
+            "nextAttemptAt": iso_utc(self.next_attempt_at),
+        }
+
+
+NO_TASK_YET = TaskProgress(attempts=0, last_error_code="", last_error="", last_attempt_at=None,
+                           next_attempt_at=None)
+
+
+def accounts_with_progress(*, person_ids, systems: Iterable[str]) -> tuple[
+        dict[tuple[int, str], Account], dict[tuple[int, str], TaskProgress]]:
+    """The accounts of these persons in these systems, and where the work on each stands, in one query.
+
+    `person_ids` may be a subquery. Each account comes with every task of its (person, system) (a few: a
+    retry keeps the old ones) and the start of each task's latest logged call; its open task, or else its
+    latest one, is its TaskProgress. (Every task has its account: the task stage creates missing ones.)
+    """
+    Task = AccountCreationTask
+    last_call = TaskAttempt.objects.filter(task=OuterRef("task__id")).order_by("-started_at").values("started_at")[:1]
+    rows = (Account.objects.filter(person_id__in=person_ids, system__in=list(systems))
+            .annotate(task=FilteredRelation("person__tasks", condition=Q(person__tasks__system=F("system"))))
+            .annotate(task_pk=F("task__id"), task_status=F("task__status"), task_attempts=F("task__attempts"),
+                      task_error_code=F("task__last_error_code"), task_error=F("task__last_error"),
+                      task_next_at=F("task__next_attempt_at"), task_last_at=Subquery(last_call))
+            .order_by("person_id", "system", "task__id"))
+    accounts: dict[tuple[int, str], Account] = {}
+    latest: dict[tuple[int, str], Account] = {}
+    for row in rows:
+        key = (row.person_id, row.system)
+        accounts.setdefault(key, row)
+        current = latest.get(key)
+        # Tasks come oldest first: a later task replaces an earlier one unless the earlier one is open.
+        if row.task_pk is not None and (current is None or current.task_status not in Task.OPEN_STATUSES):
+            latest[key] = row
+    # A blocked task has no due time of its own: it is released when the person's mailbox is created.
+    scheduled = set(Task.OPEN_STATUSES) - {Task.Status.BLOCKED}
+    progress = {
+        key: TaskProgress(attempts=row.task_attempts, last_error_code=row.task_error_code,
+                          last_error=row.task_error, last_attempt_at=row.task_last_at,
+                          next_attempt_at=row.task_next_at if row.task_status in scheduled else None)
+        for key, row in latest.items()
+    }
+    return accounts, progress
+
+
 def item_document(item: AccountCreationRequestItem, system_list: list[str],
-                   accounts: dict[tuple[int, str], Account]) -> dict:
+                  accounts: dict[tuple[int, str], Account],
+                  tasks: dict[tuple[int, str], TaskProgress] | None = None) -> dict:
     person = item.hr_person
+    tasks = tasks or {}
     account_documents = []
     for system in system_list:
         account = accounts.get((person.pk, system)) if person else None
         status = account.status if account else Account.Status.NOT_CREATED
+        progress = tasks.get((person.pk, system), NO_TASK_YET) if person else NO_TASK_YET
         account_documents.append({
             "system": system,
             "status": status,
             "status_display": Account.Status(status).label,
             "externalId": (account.external_id or None) if account else None,
             "error": (account.error_message or None) if account else None,
+            **progress.as_document(),
         })
     return {
         "id": item.pk,
@@ -91,17 +168,45 @@ def item_document(item: AccountCreationRequestItem, system_list: list[str],
 def request_document(request: AccountCreationRequest) -> dict:
     """The full status document of GET /account-creation/requests/{id}/, in three queries."""
     items = list(request.items.select_related("hr_person").order_by("id"))
-    accounts = {}
+    accounts, tasks = {}, {}
     if any(item.hr_person_id for item in items):
-        accounts = {
-            (account.person_id, account.system): account
-            for account in Account.objects.filter(
-                person_id__in=request.items.values("hr_person_id"), system__in=request.system_list
-            )
-        }
+        accounts, tasks = accounts_with_progress(person_ids=request.items.values("hr_person_id"),
+                                                 systems=request.system_list)
     document = request_summary(request)
-    document["items"] = [item_document(item, request.system_list, accounts) for item in items]
+    document["items"] = [item_document(item, request.system_list, accounts, tasks) for item in items]
     return document
+
+
+def request_item_get(*, request: AccountCreationRequest, item_id: int) -> AccountCreationRequestItem:
+    try:
+        return request.items.get(pk=item_id)
+    except AccountCreationRequestItem.DoesNotExist:
+        # Another request's item answers like one that does not exist.
+        raise RequestNotFound(f"No item {item_id} in request {request.request_id}.") from None
+
+
+def item_attempts(*, item: AccountCreationRequestItem, systems: Iterable[str]) -> QuerySet[TaskAttempt]:
+    """Every call made for the item's person to these systems, newest first, with the task's system."""
+    if item.hr_person_id is None:
+        return TaskAttempt.objects.none()
+    return (TaskAttempt.objects.filter(task__person_id=item.hr_person_id, task__system__in=list(systems))
+            .annotate(system=F("task__system")).order_by("-started_at", "-id"))
+
+
+def attempt_document(attempt: TaskAttempt) -> dict:
+    """One entry of an item's provisioning log; `attempt` comes from item_attempts."""
+    return {
+        "startedAt": iso_utc(attempt.started_at),
+        "system": attempt.system,
+        "operation": "create",
+        "outcome": attempt.outcome,
+        "outcome_display": attempt.get_outcome_display(),
+        "attemptNumber": attempt.attempt_number,
+        "code": attempt.code or None,
+        "message": mask_phones(attempt.message) or None,
+        "durationMs": attempt.duration_ms,
+        "worker": attempt.worker or None,
+    }
 
 
 def item_counts_by_request(*, request_ids: Iterable[int]) -> dict[int, dict[str, int]]:

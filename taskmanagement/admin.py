@@ -1,6 +1,10 @@
-"""Stage runs in the admin: what ran, when, how it ended; and when each stage last checked for work."""
+"""Stage runs in the admin: what ran, when, how it ended; when each stage last checked for work; and the audit
+trail of what operators did."""
 
+from django.apps import apps
 from django.contrib import admin
+
+from syncservice.models import AuditEntry
 
 from .models import StageHeartbeat, TaskRun
 
@@ -36,3 +40,33 @@ class StageHeartbeatAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit trail, read only: nobody adds, changes or deletes an entry, not even a superuser."""
+
+    list_display = ("created_at", "actor_type", "actor", "action", "object_type_display", "object_repr",
+                    "object_id", "request_id")
+    list_filter = ("action", "actor_type", "created_at")
+    search_fields = ("object_id", "object_repr", "request_id", "actor")
+    date_hierarchy = "created_at"
+    fields = ("created_at", "actor_type", "actor", "actor_user", "actor_client", "action", "object_type",
+              "object_id", "object_repr", "request_id", "details")
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="对象类型", ordering="object_type")
+    def object_type_display(self, obj):
+        try:
+            return apps.get_model(obj.object_type)._meta.verbose_name
+        except (LookupError, ValueError):  # a model since removed
+            return obj.object_type

@@ -16,6 +16,7 @@ from syncservice.api.schema import (
     page_parameters,
 )
 from syncservice.api.serializers import StrictSerializer, page_serializer
+from syncservice.audit import Action, audit_record
 from syncservice.errors import PayloadInvalid, ServiceError
 from syncservice.selectors import iso_utc
 from syncservice.validation import describe_key
@@ -97,6 +98,8 @@ class StageRunView(APIView):
             last = TaskRun.objects.filter(stage=self.stage).order_by("-id").first()
             raise StageFailed(f"{self.stage} failed: {type(exc).__name__}: {exc}",
                               extra={"runId": last.pk if last else None}) from exc
+        # After the run, which commits as it goes: a stage that failed is recorded only as its failed TaskRun.
+        audit_record(actor=request.user, action=Action.STAGE_RUN, target=run, details={"dryRun": run.dry_run})
         return Response(run_document(run), status=status.HTTP_200_OK)
 
 

@@ -61,3 +61,4 @@ class StageHeartbeat(models.Model):
 
     def __str__(self):
         return f"{self.stage} {self.last_checked_at:%Y-%m-%d %H:%M:%S} {self.last_outcome}"
+

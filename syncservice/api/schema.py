@@ -150,6 +150,13 @@ REQUEST_ID_PARAMETER = OpenApiParameter(
 )
 
 
+ITEM_ID_MAX = 2**63 - 1  # a bigint primary key
+ITEM_ID_PARAMETER = OpenApiParameter(
+    "item_id", {"type": "integer", "minimum": 1, "maximum": ITEM_ID_MAX}, OpenApiParameter.PATH, required=True,
+    description="An item's `id` in the request's status document; an item of another request answers 404.",
+)
+
+
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 # A bound the schema can state, past the last page of any list: at the default page size, 50 million rows.

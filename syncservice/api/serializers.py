@@ -6,7 +6,7 @@ its body is built from the same constants in ``schema.py``, so the published sch
 
 from rest_framework import serializers
 
-from ..models import Account, AccountCreationRequest, AccountCreationRequestItem
+from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, TaskAttempt
 
 
 class StrictSerializer(serializers.Serializer):
@@ -45,12 +45,25 @@ class HrPersonInfoSerializer(StrictSerializer):
     email = serializers.EmailField(allow_null=True)
 
 
+class TaskErrorSerializer(StrictSerializer):
+    code = serializers.CharField(allow_null=True, help_text="The target's code, or the service's own.")
+    message = serializers.CharField(help_text="As the target answered, with phone numbers masked.")
+
+
 class ItemAccountSerializer(StrictSerializer):
     system = serializers.CharField()
     status = serializers.ChoiceField(choices=Account.Status.choices)
     status_display = serializers.CharField()
     externalId = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_null=True)
+    attempts = serializers.IntegerField(
+        help_text="Calls made by the person's open task for this system, or else by its latest one; 0 before any.")
+    lastError = TaskErrorSerializer(
+        allow_null=True, help_text="That task's last failure, while it is retried too; null when it has none.")
+    lastAttemptAt = serializers.DateTimeField(allow_null=True, help_text="When that task's latest call started.")
+    nextAttemptAt = serializers.DateTimeField(
+        allow_null=True, help_text="When the open task is next due; null once the task is final, and while it "
+                                   "waits for the person's mailbox (its task `blocked`).")
 
 
 class RequestItemSerializer(StrictSerializer):
@@ -83,6 +96,10 @@ class RequestSummarySerializer(StrictSerializer):
     processedUsers = serializers.IntegerField()
     progress = serializers.CharField(help_text='Share of users in a final state, e.g. "100.0%".')
     errorSummary = serializers.JSONField(allow_null=True)
+    errorHistory = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="The errorSummary of every earlier end that a retry cleared, oldest first, each with the "
+                  "status it had (`status`), when it was retried (`retriedAt`) and `retried: true`.")
     createdAt = serializers.DateTimeField()
     updatedAt = serializers.DateTimeField()
     completedAt = serializers.DateTimeField(allow_null=True)
@@ -109,6 +126,22 @@ class ErrorSerializer(StrictSerializer):
 
 
 RequestPageSerializer = page_serializer("RequestPageSerializer", RequestSummarySerializer)
+
+
+class ItemLogEntrySerializer(StrictSerializer):
+    startedAt = serializers.DateTimeField()
+    system = serializers.CharField()
+    operation = serializers.ChoiceField(choices=["create"], help_text="What was asked of the target.")
+    outcome = serializers.ChoiceField(choices=TaskAttempt.Outcome.choices)
+    outcome_display = serializers.CharField()
+    attemptNumber = serializers.IntegerField(help_text="The call's number within its task (a retry starts at 1).")
+    code = serializers.CharField(allow_null=True, help_text="The target's code, verbatim.")
+    message = serializers.CharField(allow_null=True, help_text="The target's message, with phone numbers masked.")
+    durationMs = serializers.IntegerField()
+    worker = serializers.CharField(allow_null=True, help_text="The worker process that made the call.")
+
+
+ItemLogPageSerializer = page_serializer("ItemLogPageSerializer", ItemLogEntrySerializer)
 
 
 class ActionResponseSerializer(StrictSerializer):

@@ -21,10 +21,12 @@ class AnyRequestId:
 
 register_converter(AnyRequestId, "any_request_id")
 
-# cancel/ and retry/ come first: the detail route's id would swallow them.
+# cancel/, retry/ and items/…/log/ come first: the detail route's id would swallow them.
 urlpatterns = [
     path("create_accounts/", views.CreateAccountsView.as_view(), name="account-creation-create"),
     path("requests/", views.RequestListView.as_view(), name="account-creation-request-list"),
+    path("requests/<any_request_id:request_id>/items/<str:item_id>/log/", views.RequestItemLogView.as_view(),
+         name="account-creation-request-item-log"),
     path("requests/<any_request_id:request_id>/cancel/", views.RequestCancelView.as_view(),
          name="account-creation-request-cancel"),
     path("requests/<any_request_id:request_id>/retry/", views.RequestRetryView.as_view(),

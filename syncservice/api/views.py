@@ -1,5 +1,6 @@
 """The intake and status endpoints origin systems call."""
 
+from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -7,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import selectors
+from ..audit import Action, audit_record
 from ..errors import RequestNotFound
 from ..models import AccountCreationRequest
 from ..services.intake import request_submit
@@ -23,6 +25,8 @@ from .permissions import CanReadRequests, IsOriginClient
 from .query import Pagination, QueryParams
 from .schema import (
     BODY_ERRORS,
+    ITEM_ID_MAX,
+    ITEM_ID_PARAMETER,
     PAGE_MAX,
     PAGE_SIZE_MAX,
     REQUEST_ID_PARAMETER,
@@ -34,6 +38,7 @@ from .serializers import (
     ActionResponseSerializer,
     CreateAccountsInputSerializer,
     CreateAccountsResponseSerializer,
+    ItemLogPageSerializer,
     RequestDetailSerializer,
     RequestPageSerializer,
 )
@@ -124,6 +129,44 @@ class RequestDetailView(APIView):
         return Response(selectors.request_document(visible_request(request, request_id)))
 
 
+def item_id_from_path(text: str) -> int | None:
+    """The item id a path names: a positive integer within a bigint, without leading zeros; else None."""
+    if not (text.isascii() and text.isdigit()) or text.startswith("0") or len(text) > len(str(ITEM_ID_MAX)):
+        return None
+    value = int(text)
+    return value if value <= ITEM_ID_MAX else None
+
+
+class RequestItemLogView(APIView):
+    permission_classes = [CanReadRequests]
+
+    @extend_schema(
+        operation_id="get_request_item_log",
+        summary="Every call made to create the accounts of one item's person, newest first",
+        parameters=[REQUEST_ID_PARAMETER, ITEM_ID_PARAMETER, *page_parameters(), RETRY_AFTER_HEADER],
+        responses={200: ItemLogPageSerializer, **error_responses(400, 404)},
+        description=(
+            "The provisioning log of the person behind an item: each call to the request's target systems, "
+            "its outcome and the target's code and message (phone numbers masked), across every task, "
+            "retried ones included. An item of another request, or of another origin's request: 404."
+        ),
+    )
+    def get(self, request, request_id: str, item_id: str):
+        account_request = visible_request(request, request_id)
+        item_pk = item_id_from_path(item_id)
+        if item_pk is None:
+            raise RequestNotFound(f"No item {describe_key(item_id)!r} in request {account_request.request_id}.")
+        query = QueryParams(request)
+        query.integer("page", minimum=1, maximum=PAGE_MAX)
+        query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
+        query.check()
+        item = selectors.request_item_get(request=account_request, item_id=item_pk)
+        attempts = selectors.item_attempts(item=item, systems=account_request.system_list)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(attempts, request, view=self)
+        return paginator.get_paginated_response([selectors.attempt_document(a) for a in page])
+
+
 class RequestListView(APIView):
     permission_classes = [CanReadRequests]
 
@@ -180,7 +223,9 @@ class RequestCancelView(APIView):
         ),
     )
     def post(self, request, request_id: str):
-        account_request = request_cancel(request=visible_request(request, request_id))
+        with transaction.atomic():
+            account_request = request_cancel(request=visible_request(request, request_id))
+            audit_record(actor=request.user, action=Action.REQUEST_CANCEL, target=account_request)
         message = "请求已取消" if account_request.is_final else "正在取消：等待执行中的任务结束"
         return Response(action_body(account_request, message))
 
@@ -196,5 +241,7 @@ class RequestRetryView(APIView):
                     "and the request goes back to `processing`. Without failed items: 409.",
     )
     def post(self, request, request_id: str):
-        account_request = request_retry(request=visible_request(request, request_id))
+        with transaction.atomic():
+            account_request = request_retry(request=visible_request(request, request_id))
+            audit_record(actor=request.user, action=Action.REQUEST_RETRY, target=account_request)
         return Response(action_body(account_request, "失败的用户已重新排队处理"))

@@ -32,6 +32,15 @@ def api_client_rotate_token(*, client: ApiClient) -> str:
     return token
 
 
+def api_client_set_active(*, client: ApiClient, is_active: bool) -> bool:
+    """Enable or disable a client (a disabled one is refused at once); return whether it changed."""
+    if client.is_active == is_active:
+        return False
+    client.is_active = is_active
+    client.save(update_fields=["is_active"])
+    return True
+
+
 def api_client_rotate_webhook_secret(*, client: ApiClient) -> str:
     """Give the client a new webhook signing secret and return it; it is stored encrypted, shown only now.
 

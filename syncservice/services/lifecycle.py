@@ -7,8 +7,9 @@ from django.utils import timezone
 from ..db.locking import wait_locked
 from ..errors import InvalidTransition
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask
+from ..selectors import iso_utc
 from .mailbox_first import MAILBOX, MAILBOX_FAILED, opened_status, persons_with_mailbox_coming
-from .rollup import rollup_items_for_persons, rollup_requests
+from .rollup import error_summaries, rollup_items_for_persons, rollup_requests
 
 Request = AccountCreationRequest
 Item = AccountCreationRequestItem
@@ -92,16 +93,41 @@ def stop_retries_of_cancelled_requests(task_ids) -> set[int]:
     return {task.person_id for task in tasks}
 
 
+def _history_after_retry(request: Request, now, *, summary: dict | None = None) -> list:
+    """The request's error history with the failures a retry is about to clear appended.
+
+    `request` is locked and fresh. Its errorSummary is what it ended with; a request retried while still
+    processing has none, so `summary` (read before the retry changed anything) stands in for it.
+    """
+    summary = request.error_summary or summary
+    history = list(request.error_history or [])
+    if summary:
+        history.append({**summary, "status": request.status, "completedAt": iso_utc(request.completed_at),
+                        "retriedAt": iso_utc(now), "retried": True})
+    return history
+
+
+def _supersede_failed_tasks(keys_filter: Q, now) -> None:
+    """Failed tasks a retry replaces read `retried`: their failure is no longer their account's."""
+    Task.objects.filter(keys_filter, status=Task.Status.FAILED).update(
+        status=Task.Status.RETRIED, updated_at=now)
+
+
 def _reopen_items(request: Request, items: list[Item], now) -> None:
+    fallback = None if request.error_summary else error_summaries([request.pk]).get(request.pk)
+    history = _history_after_retry(request, now, summary=fallback)
     Item.objects.filter(pk__in=[i.pk for i in items]).update(
         status=Item.Status.SYNCED, error_message="", updated_at=now)
+    persons = [i.hr_person_id for i in items]
     # Failed accounts must be attempted again: the task stage skips only accounts already created.
-    Account.objects.filter(person_id__in=[i.hr_person_id for i in items], system__in=request.system_list,
+    Account.objects.filter(person_id__in=persons, system__in=request.system_list,
                            status=Account.Status.FAILED).update(
         status=Account.Status.NOT_CREATED, error_message="", updated_at=now)
+    # The task stage opens their successors.
+    _supersede_failed_tasks(Q(person_id__in=persons, system__in=request.system_list), now)
     Request.objects.filter(pk=request.pk).update(
-        status=Request.Status.PROCESSING, completed_at=None, error_summary=None, cancel_requested_at=None,
-        updated_at=now)
+        status=Request.Status.PROCESSING, completed_at=None, error_summary=None, error_history=history,
+        cancel_requested_at=None, updated_at=now)
     rollup_requests([request.pk])
 
 
@@ -160,15 +186,21 @@ def tasks_retry(*, tasks) -> int:
     for task in fresh:
         task.status = opened_status(person_id=task.person_id, system=task.system, mailbox_coming=coming)
     Task.objects.bulk_create(fresh)
+    # Every key chosen now has an open task (a fresh one, or one opened before): its failed ones are replaced.
+    _supersede_failed_tasks(person_system_q({(t.person_id, t.system) for t in failed}), now)
     if fresh:
-        Account.objects.filter(person_system_q({(t.person_id, t.system) for t in fresh})).exclude(
-            status=Account.Status.CREATED).update(
-            status=Account.Status.CREATING, error_message="", updated_at=now)
         item_ids = {t.request_item_id for t in fresh if t.request_item_id}
         items = Item.objects.filter(pk__in=item_ids, status=Item.Status.FAILED)
         request_ids = set(items.values_list("request_id", flat=True))
+        # Read before the accounts and items below stop being failed.
+        summaries = error_summaries(sorted(request_ids))
+        Account.objects.filter(person_system_q({(t.person_id, t.system) for t in fresh})).exclude(
+            status=Account.Status.CREATED).update(
+            status=Account.Status.CREATING, error_message="", updated_at=now)
         items.update(status=Item.Status.TASK_CREATED, error_message="", updated_at=now)
-        Request.objects.filter(pk__in=request_ids).update(
-            status=Request.Status.PROCESSING, completed_at=None, error_summary=None, updated_at=now)
+        for request in wait_locked(Request.objects.filter(pk__in=request_ids).order_by("id")):
+            request.error_history = _history_after_retry(request, now, summary=summaries.get(request.pk))
+            request.status, request.completed_at, request.error_summary = Request.Status.PROCESSING, None, None
+            request.save(update_fields=["status", "completed_at", "error_summary", "error_history", "updated_at"])
         rollup_requests(request_ids)
     return len(fresh)

@@ -37,7 +37,6 @@ from config.logging import mask_phone
 
 from ..backends.http import parse_retry_after
 from ..models import (
-    Account,
     AccountCreationRequest,
     AccountCreationRequestItem,
     ApiClient,
@@ -51,7 +50,13 @@ from ..queue.handler import Handler
 from ..queue.jobs import claim_due, record
 from ..queue.outcomes import Decision, JobResult, Settled
 from ..queue.table import JobTable
-from ..selectors import iso_utc, item_counts_by_request, item_document, request_summary
+from ..selectors import (
+    accounts_with_progress,
+    iso_utc,
+    item_counts_by_request,
+    item_document,
+    request_summary,
+)
 from ..validation import CallbackHostUnresolved, CallbackTarget, CallbackUrlRejected, check_callback_url
 from .clients import WEBHOOK_SECRET_PREFIX, api_client_webhook_secret
 
@@ -155,18 +160,17 @@ def status_documents(requests: list[AccountCreationRequest]) -> dict[int, dict]:
     items = defaultdict(list)
     for item in Item.objects.filter(request_id__in=request_ids).select_related("hr_person").order_by("id"):
         items[item.request_id].append(item)
-    accounts = {}
+    accounts, tasks = {}, {}
     if any(item.hr_person_id for group in items.values() for item in group):
-        accounts = {
-            (account.person_id, account.system): account
-            for account in Account.objects.filter(
-                person_id__in=Item.objects.filter(request_id__in=request_ids).values("hr_person_id"))
-        }
+        accounts, tasks = accounts_with_progress(
+            person_ids=Item.objects.filter(request_id__in=request_ids).values("hr_person_id"),
+            systems={system for request in requests for system in request.system_list})
     documents = {}
     for request in requests:
         # Built from the status document's own parts, so that the callback carries exactly what GET returns.
         document = request_summary(request)
-        document["items"] = [item_document(item, request.system_list, accounts) for item in items[request.pk]]
+        document["items"] = [item_document(item, request.system_list, accounts, tasks)
+                             for item in items[request.pk]]
         documents[request.pk] = document
     return documents
 

@@ -68,6 +68,12 @@ def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]],
             marked |= Q(system=system, person_id__in=[p for p, s in wanted if s == system and (p, s) not in accounts])
     Account.objects.filter(marked).exclude(status=Account.Status.CREATED).update(
         status=Account.Status.CREATING, error_message="", updated_at=now)
+    # A failed task of a key that gets a new one (a later request for a person whose account failed) is
+    # replaced: it reads `retried`, so that failed tasks and failed accounts count the same failures.
+    superseded = Q(pk__in=[])
+    for system in {s for _, s in wanted}:
+        superseded |= Q(system=system, person_id__in=[p for p, s in wanted if s == system])
+    Task.objects.filter(superseded, status=Task.Status.FAILED).update(status=Task.Status.RETRIED, updated_at=now)
     return len(wanted)
 
 
@@ -155,11 +161,15 @@ def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
             f" updated_at) SELECT o.person_id, o.system, %s, '', '', %s, %s FROM opened o WHERE NOT EXISTS"
             f" (SELECT 1 FROM {account_table} a WHERE a.person_id = o.person_id AND a.system = o.system)"
             f" ORDER BY o.person_id, o.system ON CONFLICT DO NOTHING"
+            # A failed task of a (person, system) that gets a new one is replaced (see _start_tasks).
+            f"), superseded AS ("
+            f" UPDATE {task_table} t SET status = %s, updated_at = %s FROM opened o"
+            f" WHERE t.person_id = o.person_id AND t.system = o.system AND t.status = %s"
             f"), done AS (UPDATE {item_table} SET status = %s, updated_at = %s WHERE id = ANY(%s::bigint[]))"
             f" SELECT request_item_id, count(*) FROM opened GROUP BY request_item_id",
             [ids, *status_params, settings.TASK_MAX_ATTEMPTS, now, now, now, systems, Account.Status.CREATED,
              Account.Status.CREATING, now, Account.Status.CREATED, Account.Status.CREATING, now, now,
-             Item.Status.TASK_CREATED, now, ids],
+             Task.Status.RETRIED, now, Task.Status.FAILED, Item.Status.TASK_CREATED, now, ids],
         )
         return dict(cursor.fetchall())
 

@@ -14,7 +14,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from syncservice.models import AccountCreationRequest, ApiClient
+from syncservice.models import AccountCreationRequest, AccountCreationRequestItem, ApiClient
 from syncservice.services.clients import api_client_rotate_webhook_secret, api_client_webhook_secret
 from taskmanagement.models import TaskRun
 
@@ -70,11 +70,13 @@ def routes() -> list[str]:
     for route in found:
         if route in PUBLIC_ROUTES or route in OWN_TOKEN_ROUTES or route.startswith("admin/"):
             continue
+        route = route.replace("<str:item_id>", SOME_ITEM_ID)
         assert "<" not in route.replace("<any_request_id:request_id>", ""), f"a new path parameter: {route}"
         concrete.append("/" + route.replace("<any_request_id:request_id>", SOME_REQUEST_ID))
     return concrete
 
 
+SOME_ITEM_ID = "1"
 API_ROUTES = routes()
 
 
@@ -83,6 +85,7 @@ def test_the_route_list_covers_both_apis():
             f"/account-creation/requests/{SOME_REQUEST_ID}/",
             f"/account-creation/requests/{SOME_REQUEST_ID}/cancel/",
             f"/account-creation/requests/{SOME_REQUEST_ID}/retry/",
+            f"/account-creation/requests/{SOME_REQUEST_ID}/items/{SOME_ITEM_ID}/log/",
             "/task-management/sync_hr_persons/", "/task-management/create_account_tasks/",
             "/task-management/process_account_tasks/", "/task-management/runs/"} <= set(API_ROUTES)
 
@@ -136,6 +139,14 @@ def test_another_origin_cannot_read_a_request(supplier, hr_request):
     body = assert_not_found(supplier.get(f"/account-creation/requests/{hr_request}/"))
     # Exactly the answer an id that never existed gets: nothing tells the two apart.
     never = assert_not_found(supplier.get(f"/account-creation/requests/{SOME_REQUEST_ID}/"))
+    assert body["message"].replace(hr_request, "ID") == never["message"].replace(SOME_REQUEST_ID, "ID")
+
+
+def test_another_origin_cannot_read_an_items_log(supplier, hr_request):
+    item = AccountCreationRequestItem.objects.filter(request__request_id=hr_request).first()
+    body = assert_not_found(supplier.get(f"/account-creation/requests/{hr_request}/items/{item.pk}/log/"))
+    # Exactly the answer a request that never existed gets.
+    never = assert_not_found(supplier.get(f"/account-creation/requests/{SOME_REQUEST_ID}/items/{item.pk}/log/"))
     assert body["message"].replace(hr_request, "ID") == never["message"].replace(SOME_REQUEST_ID, "ID")
 
 

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.django_db
 
 SUMMARY_FIELDS = {
     "requestId", "originSystem", "businessKey", "accountType", "employeeType", "systemList", "status",
-    "status_display", "totalUsers", "processedUsers", "progress", "errorSummary", "createdAt", "updatedAt",
-    "completedAt",
+    "status_display", "totalUsers", "processedUsers", "progress", "errorSummary", "errorHistory", "createdAt",
+    "updatedAt", "completedAt",
 }
 ITEM_FIELDS = {
     "id", "employeeNumber", "employeeName", "departmentCode", "phoneNumber", "partnerCompany", "country",
@@ -80,10 +80,12 @@ def test_completed_request_shows_progress_labels_person_and_accounts(hr_caller):
     assert first["status_display"] == "已完成"
     assert first["hrPersonInfo"] == {"employeeNumber": "TEST001", "fullName": "张三",
                                      "email": "zhangsan@example.com"}
+    no_task = {"attempts": 0, "lastError": None, "lastAttemptAt": None, "nextAttemptAt": None}
     assert first["accounts"] == [
-        {"system": "idaas", "status": "created", "status_display": "已创建", "externalId": "scim-1", "error": None},
+        {"system": "idaas", "status": "created", "status_display": "已创建", "externalId": "scim-1", "error": None,
+         **no_task},
         {"system": "email", "status": "failed", "status_display": "失败", "externalId": None,
-         "error": "60102 exists"},
+         "error": "60102 exists", **no_task},
     ]
     assert second["errorMessage"] == "boom"
 
@@ -132,7 +134,7 @@ def test_status_document_costs_constant_queries(hr_caller, django_assert_max_num
         Account.objects.create(person=person, system="idaas", status="created")
         item.hr_person = person
         item.save(update_fields=["hr_person"])
-    # Authentication, the shared rate-limit counter, then three queries for the document, whatever its size.
+    # Authentication, the shared rate-limit counter, then four queries for the document, whatever its size.
     with django_assert_max_num_queries(10):
         assert hr_caller.get(f"/account-creation/requests/{request_id}/").status_code == 200
 

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from syncservice.audit import Action, audit_record
 from syncservice.models import ApiClient
 from syncservice.services.clients import (
     api_client_create,
@@ -12,6 +13,9 @@ from syncservice.services.clients import (
     api_client_set_notify_email,
 )
 from syncservice.validation import ORIGIN_SYSTEM_MAX, ORIGIN_SYSTEM_RE
+
+# The audit trail's actor: whoever has a shell on the server may run this command.
+ACTOR = "create_api_client"
 
 
 class Command(BaseCommand):
@@ -64,6 +68,8 @@ class Command(BaseCommand):
                 secret = None
                 if webhook_secret or rotate_webhook_secret:
                     secret = api_client_rotate_webhook_secret(client=client)
+                audit_record(actor=ACTOR, action=Action.CLIENT_CREATE, target=client,
+                             details={"operator": operator, "webhookSecret": secret is not None})
         except ValidationError as e:
             raise CommandError(_describe(e)) from e
         kind = "operator client" if operator else "client"
@@ -85,18 +91,25 @@ class Command(BaseCommand):
             raise CommandError(f"A client named {client.name!r} exists; pass --rotate to issue a new token.")
         if notify_email is not None:
             try:
-                api_client_set_notify_email(client=client, notify_email=notify_email)
+                with transaction.atomic():
+                    api_client_set_notify_email(client=client, notify_email=notify_email)
+                    audit_record(actor=ACTOR, action=Action.CLIENT_CHANGE, target=client,
+                                 details={"fields": ["notify_email"]})
             except ValidationError as e:
                 raise CommandError(f"Invalid --notify-email {notify_email!r}: {_describe(e)}") from e
             self.stdout.write(f"Completion emails of client {client.name!r} go to {client.notify_email}."
                               if client.notify_email else f"Client {client.name!r} gets no completion emails.")
         # Whatever is printed, a token stays the last line, as scripts read it from there.
         if rotate_webhook_secret:
-            secret = api_client_rotate_webhook_secret(client=client)
+            with transaction.atomic():
+                secret = api_client_rotate_webhook_secret(client=client)
+                audit_record(actor=ACTOR, action=Action.CLIENT_ROTATE_WEBHOOK_SECRET, target=client)
             self.stdout.write(f"Rotated the webhook secret of client {client.name!r}; the old one no longer signs.")
             self.stdout.write(f"Webhook secret (shown once): {secret}" if rotate else secret)
         if rotate:
-            token = api_client_rotate_token(client=client)
+            with transaction.atomic():
+                token = api_client_rotate_token(client=client)
+                audit_record(actor=ACTOR, action=Action.CLIENT_ROTATE_TOKEN, target=client)
             self.stdout.write(f"Rotated the token of client {client.name!r}; the old token no longer works.")
             self.stdout.write(token)
 
