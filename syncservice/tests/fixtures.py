@@ -29,6 +29,23 @@ def make_users(count: int, prefix: str = "E") -> list[dict]:
     ]
 
 
+def submit(caller, **overrides) -> str:
+    """POST the note's example (with `overrides`) as `caller`; return the new request's id."""
+    response = caller.submit(note_example(**overrides))
+    assert response.status_code == 202, response.content
+    return response.json()["requestId"]
+
+
+def document(caller, request_id) -> dict:
+    """The request's status document as `caller` sees it."""
+    return caller.get(f"/account-creation/requests/{request_id}/").json()
+
+
+def admin_action(staff_client, model: str, action: str, ids) -> None:
+    """Run an admin list action of a syncservice model on the rows `ids`."""
+    response = staff_client.post(f"/admin/syncservice/{model}/", {"action": action, "_selected_action": ids})
+    assert response.status_code == 302, response.content[:500]
+
 class Caller:
     """Calls the API as one client, through Django's test client (the whole stack, no shortcuts)."""
 

@@ -11,15 +11,9 @@ from syncservice.models import (
 )
 from syncservice.services.provisioning import ProcessResult, call_backend, claim_due_tasks, record_results
 
-from .fixtures import make_users, note_example, run_pipeline, stage
+from .fixtures import admin_action, document, make_users, run_pipeline, stage, submit
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
-
-
-def submit(caller, **overrides) -> str:
-    response = caller.submit(note_example(**overrides))
-    assert response.status_code == 202, response.content
-    return response.json()["requestId"]
 
 
 def cancel(caller, request_id):
@@ -30,10 +24,6 @@ def cancel(caller, request_id):
 def retry(caller, request_id):
     return caller.client.post(f"/account-creation/requests/{request_id}/retry/",
                               HTTP_AUTHORIZATION=f"Bearer {caller.token}")
-
-
-def document(caller, request_id) -> dict:
-    return caller.get(f"/account-creation/requests/{request_id}/").json()
 
 
 # --- Cancel ------------------------------------------------------------------------------------------
@@ -194,11 +184,6 @@ def test_another_origin_cannot_retry(make_caller, settings):
 
 
 # --- Admin actions -----------------------------------------------------------------------------------
-
-def admin_action(staff_client, model: str, action: str, ids) -> None:
-    response = staff_client.post(f"/admin/syncservice/{model}/", {"action": action, "_selected_action": ids})
-    assert response.status_code == 302, response.content[:500]
-
 
 def test_admin_cancels_and_retries_requests_items_and_tasks(hr_caller, staff_client, settings):
     settings.LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN = r"^TEST"

@@ -11,7 +11,7 @@ from syncservice.backends.base import Outcome
 from syncservice.backends.local import LocalIdaasBackend
 from syncservice.models import AccountCreationRequestItem, AccountCreationTask
 
-from .fixtures import note_example, run_pipeline, stage
+from .fixtures import document, run_pipeline, stage, submit
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
 
@@ -35,16 +35,6 @@ def busy_idaas(settings, fast_retries):
     reset_backends()
     yield
     reset_backends()
-
-
-def submit(caller, **overrides) -> str:
-    response = caller.submit(note_example(**overrides))
-    assert response.status_code == 202, response.content
-    return response.json()["requestId"]
-
-
-def document(caller, request_id) -> dict:
-    return caller.get(f"/account-creation/requests/{request_id}/").json()
 
 
 def item_id(request_id: str, employee_number: str = "TEST001") -> int:

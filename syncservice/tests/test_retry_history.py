@@ -7,24 +7,9 @@ import pytest
 
 from syncservice.models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask
 
-from .fixtures import note_example, run_pipeline
+from .fixtures import admin_action, document, run_pipeline, submit
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
-
-
-def submit(caller, **overrides) -> str:
-    response = caller.submit(note_example(**overrides))
-    assert response.status_code == 202, response.content
-    return response.json()["requestId"]
-
-
-def document(caller, request_id) -> dict:
-    return caller.get(f"/account-creation/requests/{request_id}/").json()
-
-
-def admin_action(staff_client, model: str, action: str, ids) -> None:
-    response = staff_client.post(f"/admin/syncservice/{model}/", {"action": action, "_selected_action": ids})
-    assert response.status_code == 302, response.content[:500]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from syncservice.models import Account, AccountCreationRequest, HrPerson
 
-from .fixtures import note_example
+from .fixtures import submit
 
 pytestmark = pytest.mark.django_db
 
@@ -18,12 +18,6 @@ ITEM_FIELDS = {
     "id", "employeeNumber", "employeeName", "departmentCode", "phoneNumber", "partnerCompany", "country",
     "status", "status_display", "hrPersonInfo", "accounts", "errorMessage", "createdAt", "updatedAt",
 }
-
-
-def submit(caller, **overrides) -> str:
-    response = caller.submit(note_example(**overrides))
-    assert response.status_code == 202, response.content
-    return response.json()["requestId"]
 
 
 def test_status_of_a_new_request_has_the_notes_fields(hr_caller):

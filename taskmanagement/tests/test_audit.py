@@ -22,7 +22,7 @@ from syncservice.models import (
     AuditEntry,
     Notification,
 )
-from syncservice.tests.fixtures import Caller, note_example, run_pipeline
+from syncservice.tests.fixtures import Caller, admin_action, run_pipeline, submit
 from taskmanagement.models import TaskRun
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
@@ -30,20 +30,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 PHONES = ("13800138001", "13800138002")  # the note example's users
 
 
-def submit(caller, **overrides) -> str:
-    response = caller.submit(note_example(**overrides))
-    assert response.status_code == 202, response.content
-    return response.json()["requestId"]
-
-
 def api_action(caller, request_id: str, action: str, **headers):
     return caller.client.post(f"/account-creation/requests/{request_id}/{action}/",
                               HTTP_AUTHORIZATION=f"Bearer {caller.token}", **headers)
-
-
-def admin_action(staff_client, model: str, action: str, ids) -> None:
-    response = staff_client.post(f"/admin/syncservice/{model}/", {"action": action, "_selected_action": ids})
-    assert response.status_code == 302, response.content[:500]
 
 
 def create_api_client(*args) -> list[str]:

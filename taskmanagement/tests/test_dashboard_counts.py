@@ -3,18 +3,12 @@
 import pytest
 
 from syncservice.models import Account, AccountCreationTask
-from syncservice.tests.fixtures import make_users, note_example, run_pipeline, stage
+from syncservice.tests.fixtures import make_users, run_pipeline, stage, submit
 from taskmanagement.selectors import dashboard
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
 
 OPEN = [s.value for s in AccountCreationTask.OPEN_STATUSES]
-
-
-def submit(caller, **overrides) -> str:
-    response = caller.submit(note_example(**overrides))
-    assert response.status_code == 202, response.content
-    return response.json()["requestId"]
 
 
 def table(rows: list[dict], statuses: list[str]) -> dict[str, dict[str, int]]:
