@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 THROTTLE_RATE_RE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
@@ -113,13 +114,23 @@ class HrPerson(models.Model):
 
 
 class Account(models.Model):
-    """A person's account in one target system."""
+    """A person's account in one target system.
+
+    `status` is the account's creation; once it is `created`, `enabled` says whether the person should
+    have it active (a leaver's is not), `applied` what the target was last given (the values and the
+    active state), and `change_status` whether a change (update, disable, enable) is on its way or failed.
+    """
 
     class Status(models.TextChoices):
         NOT_CREATED = "not_created", "未创建"
         CREATING = "creating", "创建中"
         CREATED = "created", "已创建"
         FAILED = "failed", "失败"
+
+    class ChangeStatus(models.TextChoices):
+        NONE = "", "无"
+        UPDATING = "updating", "变更中"
+        FAILED = "failed", "变更失败"
 
     person = models.ForeignKey(HrPerson, on_delete=models.CASCADE, related_name="accounts", verbose_name="人员")
     system = models.CharField("系统", max_length=16, choices=System.choices)
@@ -129,6 +140,15 @@ class Account(models.Model):
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)
     provisioned_at = models.DateTimeField("开通时间", null=True, blank=True)
+    # Database defaults too: the stages insert accounts and tasks in set-based SQL that names the old columns.
+    enabled = models.BooleanField("应启用", default=True, db_default=True,
+                                  help_text="False once the person left (HR or a deactivation request).")
+    applied = models.JSONField("目标系统现值", default=dict, db_default={}, blank=True,
+                               help_text="The values and active state the target was last given.")
+    change_status = models.CharField("变更状态", max_length=16, choices=ChangeStatus.choices, blank=True,
+                                     default=ChangeStatus.NONE, db_default=ChangeStatus.NONE)
+    last_change = models.JSONField("最近变更", default=dict, db_default={}, blank=True,
+                                   help_text="The last change applied or tried: operation, fields, result, code.")
 
     class Meta:
         verbose_name = "账号"
@@ -153,9 +173,15 @@ class AccountCreationRequest(models.Model):
         FAILED = "failed", "失败"
         CANCELLED = "cancelled", "已取消"
 
+    class RequestType(models.TextChoices):
+        CREATE = "create", "创建账号"
+        DEACTIVATE = "deactivate", "停用账号"
+
     FINAL_STATUSES = (Status.COMPLETED, Status.PARTIAL_FAILED, Status.FAILED, Status.CANCELLED)
 
     request_id = models.CharField("请求ID", max_length=32, unique=True)
+    request_type = models.CharField("请求类型", max_length=16, choices=RequestType.choices,
+                                    default=RequestType.CREATE, db_default=RequestType.CREATE)
     origin_system = models.CharField("来源系统", max_length=64)
     business_key = models.CharField("业务键", max_length=128)
     account_type = models.CharField("账号类型", max_length=64)
@@ -262,11 +288,19 @@ class AccountCreationRequestItem(models.Model):
 
 
 class AccountCreationTask(models.Model):
-    """The unit of work: make sure one person has an account in one target system.
+    """The unit of work: make sure one person has an account in one target system, and keep it true.
 
-    A person's IDaaS and WeLink tasks wait `blocked` while their mailbox is being created: they carry the
+    `operation` is `create`, or a change of an account that exists (`update`, `disable`, `enable`) whose
+    wanted values are in `change`. A (person, system) has at most one open task of any operation.
+    A person's IDaaS and WeLink creations wait `blocked` while their mailbox is being created: they carry the
     address the mail system confirmed (it may move to the next candidate when the first is taken there).
     """
+
+    class Operation(models.TextChoices):
+        CREATE = "create", "创建"
+        UPDATE = "update", "更新"
+        DISABLE = "disable", "停用"
+        ENABLE = "enable", "启用"
 
     class Status(models.TextChoices):
         PENDING = "pending", "待执行"
@@ -283,6 +317,10 @@ class AccountCreationTask(models.Model):
 
     person = models.ForeignKey(HrPerson, on_delete=models.CASCADE, related_name="tasks", verbose_name="人员")
     system = models.CharField("系统", max_length=16, choices=System.choices)
+    operation = models.CharField("操作", max_length=16, choices=Operation.choices, default=Operation.CREATE,
+                                 db_default=Operation.CREATE)
+    change = models.JSONField("变更内容", default=dict, db_default={}, blank=True,
+                              help_text="A change's wanted values, fields and active state; empty for a creation.")
     status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
     request_item = models.ForeignKey(
         AccountCreationRequestItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks",
@@ -334,6 +372,7 @@ class TaskAttempt(models.Model):
     class Outcome(models.TextChoices):
         CREATED = "created", "已创建"
         LINKED = "linked", "已关联"
+        APPLIED = "applied", "已变更"
         IN_PROGRESS = "in_progress", "处理中"
         TRANSIENT = "transient", "临时失败"
         PERMANENT = "permanent", "永久失败"
@@ -355,6 +394,33 @@ class TaskAttempt(models.Model):
 
     def __str__(self):
         return f"task {self.task_id} #{self.attempt_number}: {self.outcome}"
+
+
+class AccountEvent(models.Model):
+    """One thing that happened to an account at its target: created, updated (which fields), disabled,
+    enabled, or a failed try of one of them, with the target's code. Written with the task's result."""
+
+    class Result(models.TextChoices):
+        SUCCEEDED = "succeeded", "成功"
+        FAILED = "failed", "失败"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="events", verbose_name="账号")
+    task = models.ForeignKey(AccountCreationTask, on_delete=models.SET_NULL, null=True, blank=True,
+                             related_name="+", verbose_name="任务")
+    operation = models.CharField("操作", max_length=16, choices=AccountCreationTask.Operation.choices)
+    fields = models.JSONField("变更字段", default=list, blank=True)
+    result = models.CharField("结果", max_length=16, choices=Result.choices)
+    code = models.CharField("目标系统代码", max_length=64, blank=True, default="")
+    message = models.TextField("目标系统信息", blank=True, default="")
+    created_at = models.DateTimeField("时间")
+
+    class Meta:
+        verbose_name = "账号历史"
+        verbose_name_plural = "账号历史"
+        indexes = [models.Index(fields=["account", "created_at"], name="account_event_account")]
+
+    def __str__(self):
+        return f"{self.account_id} {self.operation}: {self.result}"
 
 
 class HrSyncState(models.Model):
@@ -384,7 +450,11 @@ class LocalTargetAccount(models.Model):
     external_id = models.CharField("目标系统ID", max_length=64, unique=True)
     email = models.CharField("邮箱", max_length=254, blank=True, default="")
     full_name = models.CharField("姓名", max_length=100, blank=True, default="")
+    mobile = models.CharField("手机", max_length=32, blank=True, default="", db_default="")
+    department_code = models.CharField("部门代码", max_length=64, blank=True, default="", db_default="")
+    active = models.BooleanField("启用", default=True, db_default=True)
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True, db_default=Now())
 
     class Meta:
         verbose_name = "本地目标系统账号"

@@ -10,6 +10,20 @@ class OutcomeKind(enum.StrEnum):
     IN_PROGRESS = "in_progress"    # the target works asynchronously: poll again later
     TRANSIENT = "transient"        # a failure worth retrying (timeout, 5xx, rate limit, expired token)
     PERMANENT = "permanent"        # a failure retrying cannot fix (validation, conflict)
+    APPLIED = "applied"            # a change (update, disable, enable) is in place at the target
+
+
+class Operation(enum.StrEnum):
+    """What a task does to an account: create it, or keep it true afterwards."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DISABLE = "disable"
+    ENABLE = "enable"
+
+
+# The person's values a target account holds and a change may carry (PersonSnapshot's names).
+CHANGE_FIELDS = ("full_name", "phone_number", "department_code", "email")
 
 
 @dataclass(frozen=True)
@@ -24,7 +38,7 @@ class Outcome:
 
     @property
     def succeeded(self) -> bool:
-        return self.kind in (OutcomeKind.CREATED, OutcomeKind.LINKED)
+        return self.kind in (OutcomeKind.CREATED, OutcomeKind.LINKED, OutcomeKind.APPLIED)
 
     @classmethod
     def created(cls, external_id: str, **kwargs) -> "Outcome":
@@ -33,6 +47,10 @@ class Outcome:
     @classmethod
     def linked(cls, external_id: str, **kwargs) -> "Outcome":
         return cls(OutcomeKind.LINKED, external_id=external_id, **kwargs)
+
+    @classmethod
+    def applied(cls, external_id: str, **kwargs) -> "Outcome":
+        return cls(OutcomeKind.APPLIED, external_id=external_id, **kwargs)
 
     @classmethod
     def in_progress(cls, **kwargs) -> "Outcome":
@@ -62,6 +80,16 @@ class PersonSnapshot:
     departments: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AccountChange:
+    """A change to an account that exists: the person's snapshot carries every value it must hold now."""
+
+    operation: str                 # Operation.UPDATE, DISABLE or ENABLE
+    external_id: str               # the account's id at the target (what ensure_account returned)
+    fields: tuple[str, ...] = ()   # the CHANGE_FIELDS whose value differs from what the target was last given
+    active: bool = True            # the state the account ends in: False for a disable
+
+
 class TargetBackend:
     """Base class of a target system's backend.
 
@@ -77,6 +105,13 @@ class TargetBackend:
 
     def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
         raise NotImplementedError("subclasses of TargetBackend must provide an ensure_account() method")
+
+    def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        """Bring an existing account in line with `person` and `change.active`; idempotent like
+        ensure_account (a replay after a lost answer applies nothing twice). Returns Outcome.applied, an
+        in-progress outcome for an asynchronous target, or a failure; `account_missing` when the target
+        has no such account any more."""
+        raise NotImplementedError("subclasses of TargetBackend must provide an apply_change() method")
 
     def close(self) -> None:
         """Release connections; called when the backend is replaced or the process ends."""

@@ -4,12 +4,13 @@ Settings: EXMAIL_API_URL, EXMAIL_CORP_ID, EXMAIL_CORP_SECRET (environment), EXMA
 mailbox's userid is the person's allocated address, which is also the account's external id. An address
 that already belongs to someone else ends the task with code ``email_taken`` and
 ``state["reallocate_email"]``: the process stage gives the person the next free address
-(``services.email_reallocation``) and tries again.
+(``services.email_reallocation``) and tries again. A change is one ``user/update`` of name, mobile and
+``enable``; the address itself never changes (the mailbox is made first, every other target follows it).
 """
 
 from django.conf import settings
 
-from .base import Outcome, PersonSnapshot, TargetBackend
+from .base import AccountChange, Outcome, PersonSnapshot, TargetBackend
 from .http import (
     HttpClient,
     TargetError,
@@ -152,3 +153,33 @@ class ExmailBackend(TargetBackend):
                          f"{user.get('extid', '')!r}); the person needs the next free address",
             state={**state, "reallocate_email": True, "taken_email": address, "refused_emails": refused},
         )
+
+    def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        """One user/update with the current name, mobile and enable: a "set", so a replay after a lost answer
+        changes nothing twice. The department stays where the create put it (EXMAIL_DEPARTMENT_ID)."""
+        address = (change.external_id or "").strip()
+        if not address:
+            return Outcome.permanent("invalid_change", "the mailbox has no userid (address) to change")
+        if "email" in change.fields and not same_text(address, person.email):
+            return Outcome.permanent(
+                "email_change_unsupported",
+                f"user/update cannot move the mailbox {address} to {person.email!r}: the userid is the address. "
+                f"Addresses are confirmed by the mailbox first and never change afterwards; move it in Exmail by hand")
+        user = {
+            "userid": address,
+            "name": person.full_name,
+            "mobile": national_mobile(person.phone_number),
+            "enable": 1 if change.active else 0,
+        }
+        try:
+            body = self._call("POST", "/cgi-bin/user/update", json=user)
+        except TargetError as e:
+            return e.outcome
+        errcode = _errcode(body)
+        if errcode == OK:
+            return Outcome.applied(address, code=str(errcode), message=str(body.get("errmsg", "")))
+        log_vendor_answer(self.system, "user/update", person, errcode, body.get("errmsg", ""))
+        if errcode == USER_NOT_FOUND:
+            return Outcome.permanent("account_missing",
+                                     f"{errcode} {body.get('errmsg', '')}: Exmail has no mailbox {address}")
+        return Outcome.permanent(str(errcode), str(body.get("errmsg", "")))

@@ -174,8 +174,11 @@ class HttpClient:
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        """Send one request; answers 429 and 5xx and transport failures raise a transient TargetError."""
+    def request(self, method: str, path: str, *, passthrough: tuple[int, ...] = (), **kwargs) -> requests.Response:
+        """Send one request; answers 429 and 5xx and transport failures raise a transient TargetError.
+
+        `passthrough` names statuses the caller reads itself: SCIM's 501 says "no PATCH here", not "later".
+        """
         timeout = float(settings.TARGET_HTTP_TIMEOUT_SECONDS)
         url = self.base_url + path
         # The system's shared rate (every worker process together) decides when this call may leave.
@@ -196,7 +199,7 @@ class HttpClient:
             raise TargetError(Outcome.transient(
                 "request_error", f"{self.system} {method} {path}: {_describe(e)}")) from e
         status = response.status_code
-        if status == 429 or status >= 500:
+        if (status == 429 or status >= 500) and status not in passthrough:
             code, message = self.error_fields(safe_json(response))
             self._log(method, path, started, status, code)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))

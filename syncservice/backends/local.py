@@ -5,7 +5,8 @@ LOCAL_BACKEND_LATENCY_MS, LOCAL_BACKEND_TRANSIENT_FAILURE_RATE, LOCAL_BACKEND_PE
 LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT (fail the first N calls of every task, then succeed),
 LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN (employee numbers matching this regex fail for good),
 LOCAL_BACKEND_FAILURE_SYSTEMS (restrict injected failures to these systems), LOCAL_WELINK_ASYNC
-(WeLink answers "in progress" for LOCAL_WELINK_ASYNC_POLLS calls first, like the real one) and LOCAL_HR_PERSONS_FILE.
+(WeLink answers "in progress" for LOCAL_WELINK_ASYNC_POLLS calls first, like the real one, to a create and to a
+change) and LOCAL_HR_PERSONS_FILE.
 """
 
 import datetime as dt
@@ -22,7 +23,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..models import LocalTargetAccount
-from .base import HrPage, HrSourceBackend, Outcome, PersonSnapshot, TargetBackend
+from .base import AccountChange, HrPage, HrSourceBackend, Outcome, PersonSnapshot, TargetBackend
 
 
 class LocalBackend(TargetBackend):
@@ -55,17 +56,32 @@ class LocalBackend(TargetBackend):
         # already (a retry after a lost answer, another worker first) is linked, never made twice.
         external_id = f"{self.system}-{uuid.uuid4().hex[:16]}"
         table = LocalTargetAccount._meta.db_table
+        now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
-                f'INSERT INTO "{table}" (system, employee_number, external_id, email, full_name, created_at) '
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (system, employee_number) DO NOTHING",
+                f'INSERT INTO "{table}" (system, employee_number, external_id, email, full_name, mobile, '
+                "department_code, active, created_at, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (system, employee_number) DO NOTHING",
                 [self.system, person.employee_number, external_id, person.email or "", person.full_name,
-                 timezone.now()],
+                 person.phone_number or "", person.department_code or "", True, now, now],
             )
             if cursor.rowcount == 1:
                 return Outcome.created(external_id)
         existing = LocalTargetAccount.objects.get(system=self.system, employee_number=person.employee_number)
         return Outcome.linked(existing.external_id, message="account already existed")
+
+    def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        injected = self._inject(person, state)
+        if injected is not None:
+            return injected
+        # Every value at once, like the targets' "set" calls: a replay writes the same row again.
+        updated = LocalTargetAccount.objects.filter(system=self.system, external_id=change.external_id).update(
+            full_name=person.full_name, email=person.email or "", mobile=person.phone_number or "",
+            department_code=person.department_code or "", active=change.active, updated_at=timezone.now(),
+        )
+        if not updated:
+            return Outcome.permanent("account_missing", f"no local {self.system} account {change.external_id}")
+        return Outcome.applied(change.external_id, message=f"{change.operation} applied")
 
 
 class LocalIdaasBackend(LocalBackend):
@@ -90,6 +106,20 @@ class LocalWelinkBackend(LocalBackend):
             return Outcome.in_progress(code="47100", message="account opening in progress",
                                        state={**state, "submitted": True, "polls": state.get("polls", 0) + 1})
         return super().ensure_account(person, state)
+
+    def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        if settings.LOCAL_WELINK_ASYNC and state.get("polls", 0) < settings.LOCAL_WELINK_ASYNC_POLLS:
+            if not state.get("submitted"):
+                injected = self._inject(person, state)
+                if injected is not None:
+                    return injected
+                if not LocalTargetAccount.objects.filter(system=self.system,
+                                                         external_id=change.external_id).exists():
+                    return Outcome.permanent("account_missing",
+                                             f"no local {self.system} account {change.external_id}")
+            return Outcome.in_progress(code="47104", message=f"{change.operation} in progress",
+                                       state={**state, "submitted": True, "polls": state.get("polls", 0) + 1})
+        return super().apply_change(person, change, state)
 
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -2,17 +2,22 @@
 
 Settings: IDAAS_SCIM_URL (the base URL, the one that ends before /Users) and IDAAS_SCIM_TOKEN (a static
 bearer token, from the environment). The account's external id is the SCIM `id` the server assigned.
+A change is a PATCH of `replace` operations (RFC 7644 §3.5.2); a server without PATCH gets GET + PUT.
 """
 
 import json
+from urllib.parse import quote
 
 from django.conf import settings
 
-from .base import Outcome, PersonSnapshot, TargetBackend
+from .base import CHANGE_FIELDS, AccountChange, Operation, Outcome, PersonSnapshot, TargetBackend
 from .http import HttpClient, TargetError, body_excerpt, json_object, log_vendor_answer, record_belongs_to, safe_json
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+PATCH_OP_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SCIM_MEDIA_TYPE = "application/scim+json"
+NO_PATCH_STATUSES = (405, 501)   # Method Not Allowed / Not Implemented: ServiceProviderConfig patch.supported false
 
 
 def scim_error(body) -> tuple[str, str]:
@@ -20,6 +25,48 @@ def scim_error(body) -> tuple[str, str]:
     if not isinstance(body, dict):
         return "", ""
     return str(body.get("scimType") or ""), str(body.get("detail") or "")
+
+
+def user_attributes(person: PersonSnapshot, fields) -> list[tuple[str, object]]:
+    """(path, value) of the SCIM attributes that hold `fields`; None clears one. A multi-valued attribute
+    is replaced as a whole (RFC 7644 §3.5.2.3 without a filter): every server takes that form."""
+    attributes = []
+    if "full_name" in fields:
+        attributes += [("displayName", person.full_name or None), ("name.formatted", person.full_name or None)]
+    if "email" in fields:
+        attributes.append(("emails", [{"value": person.email, "type": "work", "primary": True}]
+                           if person.email else None))
+    if "phone_number" in fields:
+        attributes.append(("phoneNumbers", [{"value": person.phone_number, "type": "mobile"}]
+                           if person.phone_number else None))
+    if "department_code" in fields:
+        attributes.append((f"{ENTERPRISE_SCHEMA}:department", person.department_code or None))
+    return attributes
+
+
+def set_attribute(user: dict, path: str, value) -> None:
+    """Set (or, with None, drop) one of user_attributes' paths in a whole resource, for a PUT."""
+    if path.startswith(ENTERPRISE_SCHEMA + ":"):
+        parent, name = ENTERPRISE_SCHEMA, path.removeprefix(ENTERPRISE_SCHEMA + ":")
+    elif "." in path:
+        parent, name = path.split(".", 1)
+    else:
+        parent, name = None, path
+    container = user
+    if parent is not None:
+        container = user[parent] = user.get(parent) if isinstance(user.get(parent), dict) else {}
+    if value is None:
+        container.pop(name, None)
+    else:
+        container[name] = value
+    if parent == ENTERPRISE_SCHEMA:
+        # An extension's attributes come with its URN in `schemas`, and an empty extension without both.
+        schemas = [s for s in user.get("schemas") or [USER_SCHEMA] if s != ENTERPRISE_SCHEMA]
+        if container:
+            schemas.append(ENTERPRISE_SCHEMA)
+        else:
+            user.pop(ENTERPRISE_SCHEMA)
+        user["schemas"] = schemas
 
 
 def filter_string(value: str) -> str:
@@ -33,6 +80,7 @@ class ScimIdaasBackend(TargetBackend):
     def __init__(self, **options):
         super().__init__(**options)
         self.http = HttpClient(system=self.system, url_setting="IDAAS_SCIM_URL", error_fields=scim_error)
+        self.patch_supported = True   # until the server answers a PATCH with 501 or 405
 
     def close(self) -> None:
         self.http.close()
@@ -72,7 +120,7 @@ class ScimIdaasBackend(TargetBackend):
 
     def _create(self, person: PersonSnapshot) -> Outcome:
         user = {
-            "schemas": [USER_SCHEMA],
+            "schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA] if person.department_code else [USER_SCHEMA],
             "userName": person.employee_number,
             "externalId": person.employee_number,
             "name": {"formatted": person.full_name},
@@ -83,6 +131,8 @@ class ScimIdaasBackend(TargetBackend):
             user["emails"] = [{"value": person.email, "type": "work", "primary": True}]
         if person.phone_number:
             user["phoneNumbers"] = [{"value": person.phone_number, "type": "mobile"}]
+        if person.department_code:
+            user[ENTERPRISE_SCHEMA] = {"department": person.department_code}
         response = self.http.request("POST", "/Users", headers=self._headers(),
                                      data=json.dumps(user, ensure_ascii=False).encode("utf-8"))
         if response.status_code in (200, 201):
@@ -99,6 +149,77 @@ class ScimIdaasBackend(TargetBackend):
                 return self._link(existing, person, detail or "409 uniqueness")
             return Outcome.permanent(scim_type or "http_409", detail or body_excerpt(response))
         return self._failure(response, person, "create")
+
+    def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        """Replace the changed attributes and set `active`. Replace is a "set": a replay after a lost
+        answer writes the same values again. An enable sends every attribute, the account comes back true."""
+        if not change.external_id:
+            return Outcome.permanent("invalid_change", "the account has no SCIM id to change")
+        fields = CHANGE_FIELDS if change.operation == Operation.ENABLE else change.fields
+        attributes = [*user_attributes(person, fields), ("active", change.active)]
+        try:
+            if self.patch_supported:
+                outcome = self._patch(person, change, attributes)
+                if outcome is not None:
+                    return outcome
+                self.patch_supported = False
+            return self._put(person, change, attributes)
+        except TargetError as e:
+            return e.outcome
+
+    def _user_path(self, change: AccountChange) -> str:
+        return f"/Users/{quote(change.external_id, safe='')}"
+
+    def _patch(self, person: PersonSnapshot, change: AccountChange, attributes) -> Outcome | None:
+        """PATCH /Users/{id}; None when the server has no PATCH (the caller falls back to PUT)."""
+        operations = [{"op": "replace", "path": path, "value": value} if value is not None
+                      else {"op": "remove", "path": path} for path, value in attributes]
+        body = {"schemas": [PATCH_OP_SCHEMA], "Operations": operations}
+        response = self.http.request("PATCH", self._user_path(change), headers=self._headers(),
+                                     passthrough=NO_PATCH_STATUSES,
+                                     data=json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        if response.status_code in (200, 204):
+            return Outcome.applied(change.external_id, code=str(response.status_code),
+                                   message="PATCH " + ", ".join(path for path, _ in attributes))
+        if response.status_code in NO_PATCH_STATUSES:
+            _, detail = scim_error(safe_json(response))
+            log_vendor_answer(self.system, "patch", person, response.status_code, detail or "no PATCH support")
+            return None
+        return self._change_failure(response, person, change, "patch")
+
+    def _put(self, person: PersonSnapshot, change: AccountChange, attributes) -> Outcome:
+        """GET the whole user, change the values, PUT it back under the ETag the GET gave (if any)."""
+        path = self._user_path(change)
+        response = self.http.request("GET", path, headers=self._headers())
+        if response.status_code != 200:
+            return self._change_failure(response, person, change, "get")
+        user = json_object(response, self.system)
+        user.pop("meta", None)   # read-only: the server keeps its own
+        for attribute, value in attributes:
+            set_attribute(user, attribute, value)
+        headers = self._headers()
+        if response.headers.get("ETag"):
+            # Someone else's write between the GET and the PUT is not overwritten: 412, and the retry re-reads.
+            headers["If-Match"] = response.headers["ETag"]
+        response = self.http.request("PUT", path, headers=headers,
+                                     data=json.dumps(user, ensure_ascii=False).encode("utf-8"))
+        if response.status_code in (200, 204):
+            body = safe_json(response)
+            external_id = str(body.get("id") or change.external_id) if isinstance(body, dict) else change.external_id
+            return Outcome.applied(external_id, code=str(response.status_code),
+                                   message="PUT " + ", ".join(path for path, _ in attributes))
+        if response.status_code == 412:
+            scim_type, detail = scim_error(safe_json(response))
+            return Outcome.transient(scim_type or "http_412", detail or "the user changed since it was read")
+        return self._change_failure(response, person, change, "put")
+
+    def _change_failure(self, response, person: PersonSnapshot, change: AccountChange, operation: str) -> Outcome:
+        if response.status_code == 404:
+            _, detail = scim_error(safe_json(response))
+            log_vendor_answer(self.system, operation, person, 404, detail)
+            return Outcome.permanent("account_missing", f"SCIM has no user {change.external_id}: "
+                                                        f"{detail or body_excerpt(response)}")
+        return self._failure(response, person, operation)
 
     def _link(self, user: dict, person: PersonSnapshot, context: str) -> Outcome:
         emails = [e.get("value", "") for e in user.get("emails") or [] if isinstance(e, dict)]

@@ -4,12 +4,13 @@ Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); 
 and WELINK_MAX_CONCURRENCY hold across every worker (backends/pacing.py).
 The user is keyed by corpUserId = employee number. A call either finds the account open (linked), submits it
 (in progress, ``state["submitted"]``), or polls a submitted job until 47109 (created). The external id is
-WeLink's own userId when the lookup reports one, else the corpUserId.
+WeLink's own userId when the lookup reports one, else the corpUserId. A change (update, disable, enable)
+is the same upsert with every current value and ``valid`` "1" or "0", polled the same way.
 """
 
 from django.conf import settings
 
-from .base import Outcome, PersonSnapshot, TargetBackend
+from .base import AccountChange, Outcome, PersonSnapshot, TargetBackend
 from .http import (
     DEFAULT_RETRY_AFTER_SECONDS,
     HttpClient,
@@ -50,6 +51,14 @@ def welink_mobile(phone: str) -> str:
     if phone.startswith("+") and "-" in phone:
         return phone
     return f"+86-{national_mobile(phone)}"
+
+
+def holds_values(record: dict, person: PersonSnapshot) -> bool:
+    """Whether a looked-up user carries every value the bulk sync sends of the person."""
+    return (str(record.get("userNameCn", "")) == person.full_name
+            and national_mobile(str(record.get("mobileNumber", ""))) == national_mobile(person.phone_number)
+            and str(record.get("userEmail", "")).casefold() == (person.email or "").casefold()
+            and str(record.get("corpDeptCode", "")) == person.department_code)
 
 
 class WelinkBackend(TargetBackend):
@@ -129,16 +138,21 @@ class WelinkBackend(TargetBackend):
             raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
         return self._entry(body, person, default=("47111", "no status for this corpUserId"))
 
-    def _submit(self, person: PersonSnapshot, state: dict) -> Outcome:
-        info = {
+    @staticmethod
+    def _person_info(person: PersonSnapshot, *, active: bool = True) -> dict:
+        """Every value WeLink holds of the person: the bulk sync replaces them all, a create or a change."""
+        return {
             "corpUserId": person.employee_number,
             "userNameCn": person.full_name,
             "mobileNumber": welink_mobile(person.phone_number),
             "corpDeptCode": person.department_code,
             "userEmail": person.email,
-            "isOpenAccount": "1",
-            "valid": "1",
+            "isOpenAccount": "1" if active else "0",
+            "valid": "1" if active else "0",
         }
+
+    def _bulk(self, person: PersonSnapshot, state: dict, info: dict) -> tuple[str, str]:
+        """Submit one person; the per-user (code, message) of the answer."""
         try:
             body = self._call("POST", BULK_PATH, json={"personInfo": [info]})
         except TargetError as e:
@@ -147,8 +161,11 @@ class WelinkBackend(TargetBackend):
         code = str(body.get("code", OK))
         if code != OK:
             log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
-            return Outcome.permanent(code, str(body.get("message", "")))
-        entry_code, message = self._entry(body, person, default=("47100", "accepted"))
+            raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
+        return self._entry(body, person, default=("47100", "accepted"))
+
+    def _submit(self, person: PersonSnapshot, state: dict) -> Outcome:
+        entry_code, message = self._bulk(person, state, self._person_info(person))
         return self._job_outcome(person, state, entry_code, message)
 
     @staticmethod
@@ -213,3 +230,63 @@ class WelinkBackend(TargetBackend):
                 if outcome is not None:
                     return outcome
         return self._submit(person, state)
+
+    def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        """Submit every current value again with ``valid`` for `change.active`, and poll the job. The upsert
+        sets values, so a replay after a lost answer applies nothing twice."""
+        if not person.employee_number:
+            return Outcome.permanent("invalid_person", "the person has no employee number (the corpUserId)")
+        try:
+            return self._change(person, change, state)
+        except TargetError as e:
+            return e.outcome
+
+    def _change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
+        if state.get("submitted") or state.get("submit_sent"):
+            code, message = self._poll(person)
+            outcome = self._change_outcome(person, change, state, code, message)
+            if outcome is not None:
+                return outcome
+            state = {k: v for k, v in state.items() if k not in ("submitted", "submit_sent")}
+        # The bulk sync creates a corpUserId it does not know: a change must not bring a deleted user back.
+        if self._lookup(person) is None:
+            return Outcome.permanent("account_missing", f"WeLink has no user {person.employee_number} any more")
+        code, message = self._bulk(person, state, self._person_info(person, active=change.active))
+        outcome = self._change_outcome(person, change, {**state, "submitted": True}, code, message)
+        if outcome is None:
+            log_vendor_answer(self.system, "bulk", person, code, message)
+            return Outcome.permanent(code, message)
+        return outcome
+
+    def _change_outcome(self, person: PersonSnapshot, change: AccountChange, state: dict, code: str,
+                        message: str) -> Outcome | None:
+        """What a per-user job code means for a change; None to submit (again): WeLink knows no job, or the
+        answer to the submission was lost and the status is still the old one (it may never have arrived)."""
+        if code in PENDING_CODES or code == OK:
+            return Outcome.in_progress(code=code, message=message, state={**state, "submitted": True})
+        if code in NOT_FOUND_CODES:
+            return None
+        if code in (OPENED, SAVED_NOT_OPENED):
+            if self._change_reached(person, change, state, code):
+                return Outcome.applied(change.external_id or person.employee_number, code=code, message=message)
+            if not state.get("submitted"):
+                return None
+            if not change.active:
+                log_vendor_answer(self.system, "job", person, code, message)
+                return Outcome.permanent("still_open", f"WeLink answered {code} {message!r} to closing the "
+                                                       f"account, but the lookup still shows it open")
+        log_vendor_answer(self.system, "job", person, code, message)
+        return Outcome.permanent(code, message)
+
+    def _change_reached(self, person: PersonSnapshot, change: AccountChange, state: dict, code: str) -> bool:
+        """Whether the account is in the wanted state. Assumed (docs/backends.md): our job ends 47109 for an
+        open account, like a create, and 47107 (saved, not opened) for a closed one. Any other final answer,
+        or one after a lost submission (47109 also describes an account nobody changed), is believed only
+        when the lookup shows the wanted state, and then, after a lost submission, the person's values."""
+        accepted = bool(state.get("submitted"))
+        if accepted and code == (OPENED if change.active else SAVED_NOT_OPENED):
+            return True
+        record = self._lookup(person)
+        if record is None or (str(record.get("userStatus", "")) == OPEN_STATUS) != change.active:
+            return False
+        return accepted or holds_values(record, person)

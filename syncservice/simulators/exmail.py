@@ -1,7 +1,8 @@
 """A Tencent Exmail API simulator: gettoken with expiring tokens, user/get and user/create, errcodes, limits.
 
 Endpoints: GET /cgi-bin/gettoken?corpid&corpsecret, GET /cgi-bin/user/get?access_token&userid,
-POST /cgi-bin/user/create?access_token. Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
+POST /cgi-bin/user/create?access_token, POST /cgi-bin/user/update?access_token (changes the fields it is
+given; 60111 for an unknown userid). Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
 """
 
 import re
@@ -31,6 +32,7 @@ class ExmailSimulator(SimulatorApp):
         self.rate_limit = CallRateLimit(rate_limit_per_second)
         self.users: dict[str, dict] = {}     # lower-cased address → user
         self.created: dict[str, int] = {}    # lower-cased address → user/create calls that created it
+        self.updated: dict[str, int] = {}    # lower-cased address → user/update calls that changed it
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -51,7 +53,8 @@ class ExmailSimulator(SimulatorApp):
     def handle(self, request: Request) -> Response:
         if request.path == "/cgi-bin/gettoken" and request.method == "GET":
             return self._gettoken(request)
-        routes = {("GET", "/cgi-bin/user/get"): self._get, ("POST", "/cgi-bin/user/create"): self._create}
+        routes = {("GET", "/cgi-bin/user/get"): self._get, ("POST", "/cgi-bin/user/create"): self._create,
+                  ("POST", "/cgi-bin/user/update"): self._update}
         route = routes.get((request.method, request.path))
         if route is None:
             return Response(404, {"errcode": 404, "errmsg": "not found"})
@@ -108,6 +111,34 @@ class ExmailSimulator(SimulatorApp):
         self.users[userid.lower()]["cpwd_login"] = int(body.get("cpwd_login", 0))
         self.created[userid.lower()] = self.created.get(userid.lower(), 0) + 1
         return _answer(0, "created")
+
+    def _update(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            return _answer(40058, "invalid json")
+        user = self.users.get(str(body.get("userid") or "").lower())
+        if user is None:
+            return _answer(60111, "userid not found")
+        if "name" in body and not str(body["name"] or "").strip():
+            return _answer(60112, "invalid name")
+        if "department" in body:
+            department = body["department"]
+            if not isinstance(department, list) or not department or \
+                    any(d not in self.departments for d in department):
+                return _answer(60003, "department not found")
+        mobile = str(body.get("mobile") or "")
+        if "mobile" in body:
+            if mobile and not _mobile_re.match(mobile):
+                return _answer(60103, "invalid mobile")
+            if mobile and any(u["mobile"] == mobile and u is not user for u in self.users.values()):
+                return _answer(60104, "mobile existed")
+        if "enable" in body and body["enable"] not in (0, 1):
+            return _answer(40058, "invalid enable: 0 or 1")
+        for key in ("name", "department", "position", "mobile", "tel", "extid", "gender", "enable"):
+            if key in body:
+                user[key] = mobile if key == "mobile" else body[key]
+        self.updated[user["userid"].lower()] = self.updated.get(user["userid"].lower(), 0) + 1
+        return _answer(0, "updated")
 
     @staticmethod
     def _strong(password: str) -> bool:

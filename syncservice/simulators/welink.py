@@ -7,6 +7,10 @@ Every answer is HTTP 200 with string codes in the body, ``{"code": "0", "message
 A submitted person becomes a job: the first `polls_before_open` status polls answer 47100 (pending) then
 47108 (opening); the next answers 47109 and the account is open (userStatus "3"). A job whose mobile
 number is already the login of another user ends 47120; `fail_job` makes one end 47110.
+
+The bulk sync is an upsert keyed by corpUserId: a known user's fields are replaced at once. `valid: "0"`
+makes a job that closes the account: after `polls_before_open` polls (47104, processing) it ends 47107
+(saved, not opened), the lookup shows `valid` "0" and userStatus "1"; `valid: "1"` opens it again.
 """
 
 import re
@@ -19,6 +23,8 @@ TOKEN_PATH = "/api/auth/v2/tickets"
 USERS_PATH = "/api/contact/v1/users"
 BULK_PATH = "/api/contact/v1/users/bulk"
 STATUS_PATH = "/api/contact/v1/users/status"
+OPEN_STATUS = "3"
+NOT_OPEN_STATUS = "1"
 MAX_BULK = 10
 _mobile_re = re.compile(r"^\+\d{1,4}-\d{5,15}$")
 
@@ -46,10 +52,12 @@ class WelinkSimulator(SimulatorApp):
         self.rate_limit = CallRateLimit(rate_limit_per_second)
         self.rate_limit_status = rate_limit_status
         self.users: dict[str, dict] = {}        # corpUserId → the directory record
-        self.jobs: dict[str, dict] = {}         # corpUserId → {"polls": n, "result": code or None}
+        self.jobs: dict[str, dict] = {}         # corpUserId → {"polls": n, "result": code or None, "close": bool}
         self.forced_failures: dict[str, tuple[str, str]] = {}
         self.submissions: dict[str, int] = {}   # corpUserId → bulk submissions received
         self.opened: dict[str, int] = {}        # corpUserId → times an account was opened (must stay ≤ 1)
+        self.closed: dict[str, int] = {}        # corpUserId → times an open account was closed
+        self.reopened: dict[str, int] = {}      # corpUserId → times a closed account was opened again
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -58,7 +66,7 @@ class WelinkSimulator(SimulatorApp):
         """A user that exists before the service calls (someone else's, or ours from an earlier run)."""
         record = {"corpUserId": corp_user_id, "userId": user_id or f"wl_{uuid.uuid4().hex[:12]}",
                   "userNameCn": name, "mobileNumber": mobile, "userEmail": email, "corpDeptCode": "",
-                  "userStatus": status}
+                  "userStatus": status, "valid": "1"}
         with self.lock:
             self.users[corp_user_id] = record
         return record
@@ -74,7 +82,7 @@ class WelinkSimulator(SimulatorApp):
 
     def open_accounts(self) -> dict[str, dict]:
         with self.lock:
-            return {k: dict(v) for k, v in self.users.items() if v["userStatus"] == "3"}
+            return {k: dict(v) for k, v in self.users.items() if v["userStatus"] == OPEN_STATUS}
 
     # --- The API ----------------------------------------------------------------------------------
 
@@ -135,15 +143,17 @@ class WelinkSimulator(SimulatorApp):
             self.submissions[corp_user_id] = self.submissions.get(corp_user_id, 0) + 1
             record = self.users.get(corp_user_id)
             if record is None:
-                record = {"corpUserId": corp_user_id, "userId": "", "userStatus": "1"}
+                record = {"corpUserId": corp_user_id, "userId": "", "userStatus": NOT_OPEN_STATUS, "valid": "1"}
                 self.users[corp_user_id] = record
             # The bulk sync is an upsert keyed by corpUserId: fields are replaced, the account is not doubled.
             record.update({"userNameCn": info["userNameCn"], "mobileNumber": info["mobileNumber"],
                            "userEmail": info.get("userEmail", ""), "corpDeptCode": info.get("corpDeptCode", "")})
-            if record["userStatus"] == "3":
+            close = str(info.get("valid", "1")) == "0"
+            if record["userStatus"] == OPEN_STATUS and not close:
+                self.jobs.pop(corp_user_id, None)   # an older job's result no longer describes the account
                 results.append({"corpUserId": corp_user_id, "code": "47109", "message": " Operation success"})
                 continue
-            self.jobs[corp_user_id] = {"polls": 0, "result": None}
+            self.jobs[corp_user_id] = {"polls": 0, "result": None, "close": close}
             results.append({"corpUserId": corp_user_id, "code": "47100", "message": " Pending"})
         return _ok(results, message="success")
 
@@ -157,6 +167,8 @@ class WelinkSimulator(SimulatorApp):
             return "mobileNumber must look like +86-13800000000"
         if info.get("isOpenAccount") not in ("0", "1"):
             return "isOpenAccount must be \"0\" or \"1\""
+        if info.get("valid", "1") not in ("0", "1"):
+            return "valid must be \"0\" or \"1\""
         return ""
 
     def _status(self, request: Request) -> Response:
@@ -171,17 +183,19 @@ class WelinkSimulator(SimulatorApp):
         if record is None:
             return {"corpUserId": corp_user_id, "code": "47111", "message": " Account not exist."}
         if job is None:
-            if record["userStatus"] == "3":
+            if record["userStatus"] == OPEN_STATUS:
                 return {"corpUserId": corp_user_id, "code": "47109", "message": " Operation success"}
             return {"corpUserId": corp_user_id, "code": "47107",
                     "message": " No need to operate, just save into the admin table"}
         if job["result"] is None:
             job["polls"] += 1
             if job["polls"] <= self.polls_before_open:
+                if job.get("close"):
+                    return {"corpUserId": corp_user_id, "code": "47104", "message": " Processing"}
                 code = "47100" if job["polls"] == 1 else "47108"
                 return {"corpUserId": corp_user_id, "code": code,
                         "message": " Pending" if code == "47100" else " Opening the account"}
-            job["result"] = self._finish(record)
+            job["result"] = self._close(record) if job.get("close") else self._finish(record)
         code, message = job["result"]
         return {"corpUserId": corp_user_id, "code": code, "message": message}
 
@@ -191,13 +205,27 @@ class WelinkSimulator(SimulatorApp):
             return self.forced_failures.pop(corp_user_id)
         mobile = record["mobileNumber"].split("-")[-1]
         for other in self.users.values():
-            if other["corpUserId"] != corp_user_id and other["userStatus"] == "3" and \
+            if other["corpUserId"] != corp_user_id and other["userStatus"] == OPEN_STATUS and \
                     other["mobileNumber"].split("-")[-1] == mobile:
                 return "47120", " The login mobile number has been registered."
-        record["userStatus"] = "3"
-        record["userId"] = record["userId"] or f"wl_{uuid.uuid4().hex[:12]}"
-        self.opened[corp_user_id] = self.opened.get(corp_user_id, 0) + 1
+        record["userStatus"] = OPEN_STATUS
+        record["valid"] = "1"
+        if record["userId"]:
+            self.reopened[corp_user_id] = self.reopened.get(corp_user_id, 0) + 1
+        else:
+            record["userId"] = f"wl_{uuid.uuid4().hex[:12]}"
+            self.opened[corp_user_id] = self.opened.get(corp_user_id, 0) + 1
         return "47109", " Operation success"
+
+    def _close(self, record: dict) -> tuple[str, str]:
+        corp_user_id = record["corpUserId"]
+        if corp_user_id in self.forced_failures:
+            return self.forced_failures.pop(corp_user_id)
+        if record["userStatus"] == OPEN_STATUS:
+            self.closed[corp_user_id] = self.closed.get(corp_user_id, 0) + 1
+        record["userStatus"] = NOT_OPEN_STATUS
+        record["valid"] = "0"
+        return "47107", " No need to operate, just save into the admin table"
 
 
 def start(port: int = 0, **options) -> tuple:

@@ -1,6 +1,7 @@
 """Fixtures: the simulators and a real scim2-server on loopback, and settings pointing the backends at them."""
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -107,13 +108,12 @@ def _scim2_server_command() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def scim_server_url():
-    """A real scim2-server (from PyPI) in a subprocess on a free loopback port, for the whole session."""
+def _scim2_server(*options: str):
+    """Start a real scim2-server (from PyPI) on a free loopback port; yield its URL, stop it afterwards."""
     port = free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115 -- open for the whole session, closed at teardown
-    process = subprocess.Popen([_scim2_server_command(), "--port", str(port), "--bearer-token", SCIM_TOKEN],
-                               stdout=log, stderr=subprocess.STDOUT)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 -- open while the server runs, closed at teardown
+    process = subprocess.Popen([_scim2_server_command(), "--port", str(port), "--bearer-token", SCIM_TOKEN,
+                                *options], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
@@ -135,6 +135,12 @@ def scim_server_url():
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def scim_server_url():
+    """A real scim2-server for the whole session."""
+    yield from _scim2_server()
 
 
 class Scim:
@@ -171,4 +177,36 @@ def scim(backend_settings, scim_server_url):
     backend_settings.IDAAS_SCIM_URL = url
     backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
     yield Scim(scim_server_url, server.app)
+    proxy.stop(server)
+
+
+# A service provider that announces no PATCH (RFC 7644 §5): scim2-server then answers PATCH with 501.
+SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH = {
+    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+    "patch": {"supported": False},
+    "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+    "filter": {"supported": True, "maxResults": 1000},
+    "changePassword": {"supported": False},
+    "sort": {"supported": False},
+    "etag": {"supported": True},
+    "authenticationSchemes": [],
+}
+
+
+@pytest.fixture(scope="session")
+def scim_without_patch_server_url(tmp_path_factory):
+    """A second real scim2-server, one that does not support PATCH, for the GET + PUT fallback."""
+    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
+    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH))
+    yield from _scim2_server("--service-provider-config", str(config))
+
+
+@pytest.fixture
+def scim_without_patch(backend_settings, scim_without_patch_server_url):
+    """The IDaaS backend pointed, through the proxy, at the scim2-server that has no PATCH."""
+    server, url = proxy.start(upstream=scim_without_patch_server_url)
+    backend_settings.IDAAS_BACKEND = "scim"
+    backend_settings.IDAAS_SCIM_URL = url
+    backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
+    yield Scim(scim_without_patch_server_url, server.app)
     proxy.stop(server)
