@@ -227,6 +227,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # The target systems a request may name, and those HR-synced persons get by default.
 PROVISIONING_SYSTEMS = ["idaas", "welink", "email"]
 HR_DEFAULT_SYSTEMS = env_list("HR_DEFAULT_SYSTEMS", ["idaas", "welink", "email"])
+# An HR employee_status that means the person left: their accounts are disabled (never deleted).
+HR_LEAVER_STATUSES = env_list("HR_LEAVER_STATUSES", ["离职"])
 
 # Persons created through the API get person ids from this offset upwards, a range HR never uses.
 API_PERSON_ID_OFFSET = env_int("API_PERSON_ID_OFFSET", 9_000_000_000_000)

@@ -19,6 +19,7 @@ from .models import (
     AccountCreationRequest,
     AccountCreationRequestItem,
     AccountCreationTask,
+    AccountEvent,
     ApiClient,
     HrPerson,
     HrSyncState,
@@ -130,9 +131,9 @@ def progress_bar(request: AccountCreationRequest):
 
 @admin.register(AccountCreationRequest)
 class AccountCreationRequestAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("request_id", "origin_system", "business_key", "status", "priority", "total_users",
-                    "processed_users", "progress_column", "created_at", "completed_at")
-    list_filter = ("status", "origin_system", "created_at")
+    list_display = ("request_id", "request_type", "origin_system", "business_key", "status", "priority",
+                    "total_users", "processed_users", "progress_column", "created_at", "completed_at")
+    list_filter = ("status", "request_type", "origin_system", "created_at")
     search_fields = ("request_id", "business_key", "items__employee_number")
     readonly_fields = [f.name for f in AccountCreationRequest._meta.fields] + ["progress_column", "item_counts"]
     inlines = [RequestItemInline]
@@ -238,11 +239,23 @@ class AccountCreationRequestItemAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, a
 
 class AccountInline(admin.TabularInline):
     model = Account
-    fields = ("system", "status", "external_id", "error_message", "provisioned_at")
+    fields = ("system", "status", "enabled", "change_status", "external_id", "error_message", "provisioned_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
     max_num = 0
+
+
+class AccountEventInline(admin.TabularInline):
+    """The account's history at its target: created, updated (which fields), disabled, enabled."""
+
+    model = AccountEvent
+    fields = ("created_at", "operation", "fields", "result", "code", "message", "task")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+    ordering = ("created_at", "id")
 
 
 @admin.register(HrPerson)
@@ -262,11 +275,13 @@ class HrPersonAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Account)
 class AccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("person", "system", "status", "external_id", "provisioned_at", "updated_at")
-    list_filter = ("system", "status")
+    list_display = ("person", "system", "status", "enabled", "change_status", "external_id", "provisioned_at",
+                    "updated_at")
+    list_filter = ("system", "status", "enabled", "change_status")
     search_fields = ("person__employee_number", "external_id")
     list_select_related = ("person",)
     readonly_fields = [f.name for f in Account._meta.fields]
+    inlines = [AccountEventInline]
 
 
 class AttemptInline(admin.TabularInline):
@@ -281,9 +296,9 @@ class AttemptInline(admin.TabularInline):
 
 @admin.register(AccountCreationTask)
 class AccountCreationTaskAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "person", "system", "status", "priority", "attempts", "next_attempt_at",
+    list_display = ("id", "person", "system", "operation", "status", "priority", "attempts", "next_attempt_at",
                     "last_error_code", "locked_by", "updated_at")
-    list_filter = ("status", "system")
+    list_filter = ("status", "system", "operation")
     search_fields = ("person__employee_number", "request_item__request__request_id")
     list_select_related = ("person",)
     readonly_fields = [f.name for f in AccountCreationTask._meta.fields]

@@ -42,9 +42,49 @@ def request_get(*, client, request_id: str) -> AccountCreationRequest:
         raise RequestNotFound(f"No request {request_id!r}.") from None
 
 
+ACCOUNT_STATES = [
+    ("not_created", "未创建"), ("creating", "创建中"), ("created", "已创建"), ("linked", "已关联"),
+    ("updating", "变更中"), ("disabled", "已停用"), ("failed", "失败"),
+]
+ACCOUNT_STATE_LABELS = dict(ACCOUNT_STATES)
+
+
+def account_state(status: str, change_status: str, active: bool, enabled: bool = True) -> str:
+    """What an account is, in one word: its creation's status until it exists, then `updating` while a
+    change is on its way, `failed` when the last one failed, `disabled` or `created`. An account never
+    created for a person who left is `disabled` too: it will not be created."""
+    if status == Account.Status.NOT_CREATED and not enabled:
+        return "disabled"
+    if status != Account.Status.CREATED:
+        return status
+    if change_status:
+        return change_status
+    return "created" if active else "disabled"
+
+
+def account_document_state(account: Account | None) -> str:
+    """account_state for the status document, telling a linked account from one the service created."""
+    if account is None:
+        return Account.Status.NOT_CREATED
+    state = account_state(account.status, account.change_status, (account.applied or {}).get("active", True),
+                          account.enabled)
+    if state == "created" and (account.last_change or {}).get("linked"):
+        return "linked"
+    return state
+
+
+def last_change_document(account: Account | None) -> dict | None:
+    change = (account.last_change or {}) if account else {}
+    if not change.get("operation"):
+        return None
+    return {"operation": change["operation"], "fields": change.get("fields", []), "result": change.get("result"),
+            "code": change.get("code") or None, "at": change.get("at")}
+
+
 def request_summary(request: AccountCreationRequest) -> dict:
     return {
         "requestId": request.request_id,
+        "requestType": request.request_type,
         "originSystem": request.origin_system,
         "businessKey": request.business_key,
         "accountType": request.account_type,
@@ -135,10 +175,15 @@ def item_document(item: AccountCreationRequestItem, system_list: list[str],
         account = accounts.get((person.pk, system)) if person else None
         status = account.status if account else Account.Status.NOT_CREATED
         progress = tasks.get((person.pk, system), NO_TASK_YET) if person else NO_TASK_YET
+        state = account_document_state(account)
         account_documents.append({
             "system": system,
             "status": status,
             "status_display": Account.Status(status).label,
+            "state": state,
+            "state_display": ACCOUNT_STATE_LABELS[state],
+            "enabled": account.enabled if account else True,
+            "lastChange": last_change_document(account),
             "externalId": (account.external_id or None) if account else None,
             "error": (account.error_message or None) if account else None,
             **progress.as_document(),
@@ -190,7 +235,7 @@ def item_attempts(*, item: AccountCreationRequestItem, systems: Iterable[str]) -
     if item.hr_person_id is None:
         return TaskAttempt.objects.none()
     return (TaskAttempt.objects.filter(task__person_id=item.hr_person_id, task__system__in=list(systems))
-            .annotate(system=F("task__system")).order_by("-started_at", "-id"))
+            .annotate(system=F("task__system"), operation=F("task__operation")).order_by("-started_at", "-id"))
 
 
 def attempt_document(attempt: TaskAttempt) -> dict:
@@ -198,7 +243,7 @@ def attempt_document(attempt: TaskAttempt) -> dict:
     return {
         "startedAt": iso_utc(attempt.started_at),
         "system": attempt.system,
-        "operation": "create",
+        "operation": attempt.operation,
         "outcome": attempt.outcome,
         "outcome_display": attempt.get_outcome_display(),
         "attemptNumber": attempt.attempt_number,

@@ -374,23 +374,7 @@ def validate_create_accounts(data) -> ValidatedBatch:
     priority = _validate_priority(errors, data)
     callback_url = _validate_callback_url(errors, data)
 
-    systems = settings.PROVISIONING_SYSTEMS
-    system_list: list[str] = []
-    raw_systems = data.get("systemList")
-    if raw_systems is None:
-        errors.add("systemList", "required", "This field is required.")
-    elif not isinstance(raw_systems, list):
-        errors.add("systemList", "invalid_type", "Must be a list.")
-    elif not raw_systems:
-        errors.add("systemList", "empty", "Name at least one system.")
-    else:
-        for index, system in enumerate(raw_systems):
-            if not isinstance(system, str) or system not in systems:
-                errors.add(f"systemList[{index}]", "invalid_choice", f"Must be one of: {', '.join(systems)}.")
-            elif system in system_list:
-                errors.add(f"systemList[{index}]", "duplicate", f"'{system}' is listed twice.")
-            else:
-                system_list.append(system)
+    system_list = _validate_system_list(errors, data.get("systemList"), required=True)
 
     users: list[dict] = []
     raw_users = data.get("userList")
@@ -450,3 +434,100 @@ def fingerprint(batch: ValidatedBatch) -> str:
         document["callbackUrl"] = batch.callback_url
     canonical = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- deactivate_accounts --------------------------------------------------------------------------
+
+DEACTIVATE_FIELDS = {"originSystem", "businessKey", "systemList", "userList", "priority", "callbackUrl"}
+DEACTIVATE_USER_FIELDS = {"employeeNumber"}
+
+
+@dataclass
+class ValidatedDeactivation:
+    origin_system: str
+    business_key: str
+    system_list: list[str]      # empty: every system the person has an account in
+    employee_numbers: list[str]
+    priority: int | None = None
+    callback_url: str = ""
+    fingerprint: str = field(default="")
+
+
+def _validate_system_list(errors: _Errors, raw_systems, *, required: bool) -> list[str]:
+    systems = settings.PROVISIONING_SYSTEMS
+    system_list: list[str] = []
+    if raw_systems is None:
+        if required:
+            errors.add("systemList", "required", "This field is required.")
+    elif not isinstance(raw_systems, list):
+        errors.add("systemList", "invalid_type", "Must be a list.")
+    elif not raw_systems:
+        errors.add("systemList", "empty", "Name at least one system.")
+    else:
+        for index, system in enumerate(raw_systems):
+            if not isinstance(system, str) or system not in systems:
+                errors.add(f"systemList[{index}]", "invalid_choice", f"Must be one of: {', '.join(systems)}.")
+            elif system in system_list:
+                errors.add(f"systemList[{index}]", "duplicate", f"'{system}' is listed twice.")
+            else:
+                system_list.append(system)
+    return system_list
+
+
+def validate_deactivate_accounts(data) -> ValidatedDeactivation:
+    """Validate a deactivate_accounts body; raise PayloadInvalid with every error found.
+
+    Whether each person was submitted by this origin is checked against the database at intake."""
+    if not isinstance(data, dict):
+        raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
+    errors = _Errors()
+    for key in sorted(data.keys() - DEACTIVATE_FIELDS):
+        errors.add(describe_key(key), "unknown_field", "Unknown field.")
+    origin_system = _text(errors, data, "originSystem", "originSystem", max_length=ORIGIN_SYSTEM_MAX,
+                          required=True, pattern=ORIGIN_SYSTEM_RE,
+                          pattern_message="Letters, digits, '.', '_' and '-' only.")
+    business_key = _text(errors, data, "businessKey", "businessKey", max_length=BUSINESS_KEY_MAX, required=True)
+    priority = _validate_priority(errors, data)
+    callback_url = _validate_callback_url(errors, data)
+    system_list = _validate_system_list(errors, data.get("systemList"), required=False)
+    numbers: list[str] = []
+    raw_users = data.get("userList")
+    max_users = settings.MAX_USERS_PER_REQUEST
+    if raw_users is None:
+        errors.add("userList", "required", "This field is required.")
+    elif not isinstance(raw_users, list):
+        errors.add("userList", "invalid_type", "Must be a list.")
+    elif not raw_users:
+        errors.add("userList", "empty", "Name at least one user.")
+    elif len(raw_users) > max_users:
+        errors.add("userList", "too_many_users",
+                   f"At most {max_users} users per request; split the batch (got {len(raw_users)}).")
+    else:
+        seen: dict[str, int] = {}
+        for index, user in enumerate(raw_users):
+            prefix = f"userList[{index}]"
+            if not isinstance(user, dict):
+                errors.add(prefix, "invalid_type", "Each user must be an object.")
+                continue
+            for key in sorted(user.keys() - DEACTIVATE_USER_FIELDS):
+                errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "Unknown field.")
+            number = _text(errors, user, "employeeNumber", f"{prefix}.employeeNumber",
+                           max_length=EMPLOYEE_NUMBER_MAX, required=True, pattern=_employee_number_re,
+                           pattern_message="Letters, digits, '.', '_' and '-' only, starting with a letter or digit.")
+            if not number:
+                continue
+            if number.upper() in seen:
+                errors.add(f"{prefix}.employeeNumber", "duplicate",
+                           f"Employee number {number} also appears at userList[{seen[number.upper()]}].")
+                continue
+            seen[number.upper()] = index
+            numbers.append(number)
+    if errors.items:
+        raise PayloadInvalid(f"The request has {len(errors.items)} invalid field(s).", errors=errors.items)
+    batch = ValidatedDeactivation(origin_system=origin_system, business_key=business_key, system_list=system_list,
+                                  employee_numbers=numbers, priority=priority, callback_url=callback_url)
+    document = {"requestType": "deactivate", "originSystem": origin_system, "businessKey": business_key,
+                "systemList": system_list, "userList": numbers, "priority": priority, "callbackUrl": callback_url}
+    canonical = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    batch.fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return batch

@@ -103,6 +103,35 @@ def create_accounts_input_schema(user_ref: dict) -> dict:
     }
 
 
+def deactivate_accounts_input_schema() -> dict:
+    base = create_accounts_input_schema({})["properties"]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["originSystem", "businessKey", "userList"],
+        "properties": {
+            "originSystem": base["originSystem"],
+            "businessKey": {**base["businessKey"], "description": (
+                "Idempotency key, shared with create_accounts: the same key with the same payload returns the "
+                "original request (200), with a different payload 409.")},
+            "systemList": {**base["systemList"], "nullable": True, "description": (
+                "The systems to disable the accounts in, each at most once; absent or null: every system the "
+                "person has an account in.")},
+            "userList": {
+                "type": "array", "minItems": 1, "maxItems": settings.MAX_USERS_PER_REQUEST,
+                "items": {"type": "object", "additionalProperties": False, "required": ["employeeNumber"],
+                          "properties": {"employeeNumber": _identifier(
+                              v.EMPLOYEE_NUMBER_MAX, v.EMPLOYEE_NUMBER_PATTERN,
+                              "A person this originSystem submitted through create_accounts; another is "
+                              "refused (400, `not_submitted_by_origin` at userList[i].employeeNumber).")}},
+                "description": USER_LIST_NOTE,
+            },
+            "priority": base["priority"],
+            "callbackUrl": base["callbackUrl"],
+        },
+    }
+
+
 def _strict_doc() -> str:
     from drf_spectacular.plumbing import get_doc
 
@@ -140,6 +169,13 @@ class CreateAccountsInputExtension(OpenApiSerializerExtension):
 
         user = auto_schema.resolve_serializer(UserInputSerializer, direction)
         return create_accounts_input_schema(user.ref)
+
+
+class DeactivateAccountsInputExtension(OpenApiSerializerExtension):
+    target_class = "syncservice.api.serializers.DeactivateAccountsInputSerializer"
+
+    def map_serializer(self, auto_schema, direction):
+        return deactivate_accounts_input_schema()
 
 
 # Response headers and parameters shared by the views.

@@ -6,7 +6,15 @@ its body is built from the same constants in ``schema.py``, so the published sch
 
 from rest_framework import serializers
 
-from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, TaskAttempt
+from ..models import (
+    Account,
+    AccountCreationRequest,
+    AccountCreationRequestItem,
+    AccountCreationTask,
+    AccountEvent,
+    TaskAttempt,
+)
+from ..selectors import ACCOUNT_STATES
 
 
 class StrictSerializer(serializers.Serializer):
@@ -31,6 +39,10 @@ class CreateAccountsInputSerializer(serializers.Serializer):
     """The create_accounts body; its schema is schema.create_accounts_input_schema()."""
 
 
+class DeactivateAccountsInputSerializer(serializers.Serializer):
+    """The deactivate_accounts body; its schema is schema.deactivate_accounts_input_schema()."""
+
+
 class CreateAccountsResponseSerializer(StrictSerializer):
     success = serializers.BooleanField()
     requestId = serializers.CharField()
@@ -50,10 +62,27 @@ class TaskErrorSerializer(StrictSerializer):
     message = serializers.CharField(help_text="As the target answered, with phone numbers masked.")
 
 
+class LastChangeSerializer(StrictSerializer):
+    operation = serializers.ChoiceField(choices=AccountCreationTask.Operation.choices)
+    fields = serializers.ListField(child=serializers.CharField(), help_text="The values it changed.")
+    result = serializers.ChoiceField(choices=AccountEvent.Result.choices)
+    code = serializers.CharField(allow_null=True, help_text="The target's code.")
+    at = serializers.DateTimeField()
+
+
 class ItemAccountSerializer(StrictSerializer):
     system = serializers.CharField()
-    status = serializers.ChoiceField(choices=Account.Status.choices)
+    status = serializers.ChoiceField(choices=Account.Status.choices,
+                                     help_text="The account's creation (unchanged by later changes).")
     status_display = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=ACCOUNT_STATES,
+        help_text="What the account is now: its creation's status until it exists, then `created` or `linked`, "
+                  "`updating` while a change is on its way, `disabled`, or `failed` when its creation or its "
+                  "last change failed.")
+    state_display = serializers.CharField()
+    enabled = serializers.BooleanField(help_text="Whether the person should have the account active.")
+    lastChange = LastChangeSerializer(allow_null=True, help_text="The last change applied or tried.")
     externalId = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_null=True)
     attempts = serializers.IntegerField(
@@ -85,6 +114,7 @@ class RequestItemSerializer(StrictSerializer):
 
 class RequestSummarySerializer(StrictSerializer):
     requestId = serializers.CharField()
+    requestType = serializers.ChoiceField(choices=AccountCreationRequest.RequestType.choices)
     originSystem = serializers.CharField()
     businessKey = serializers.CharField()
     accountType = serializers.CharField()
@@ -131,7 +161,8 @@ RequestPageSerializer = page_serializer("RequestPageSerializer", RequestSummaryS
 class ItemLogEntrySerializer(StrictSerializer):
     startedAt = serializers.DateTimeField()
     system = serializers.CharField()
-    operation = serializers.ChoiceField(choices=["create"], help_text="What was asked of the target.")
+    operation = serializers.ChoiceField(choices=AccountCreationTask.Operation.choices,
+                                        help_text="What was asked of the target.")
     outcome = serializers.ChoiceField(choices=TaskAttempt.Outcome.choices)
     outcome_display = serializers.CharField()
     attemptNumber = serializers.IntegerField(help_text="The call's number within its task (a retry starts at 1).")

@@ -24,6 +24,7 @@ register_converter(AnyRequestId, "any_request_id")
 # cancel/, retry/ and items/…/log/ come first: the detail route's id would swallow them.
 urlpatterns = [
     path("create_accounts/", views.CreateAccountsView.as_view(), name="account-creation-create"),
+    path("deactivate_accounts/", views.DeactivateAccountsView.as_view(), name="account-creation-deactivate"),
     path("requests/", views.RequestListView.as_view(), name="account-creation-request-list"),
     path("requests/<any_request_id:request_id>/items/<str:item_id>/log/", views.RequestItemLogView.as_view(),
          name="account-creation-request-item-log"),

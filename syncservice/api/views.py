@@ -11,6 +11,7 @@ from .. import selectors
 from ..audit import Action, audit_record
 from ..errors import RequestNotFound
 from ..models import AccountCreationRequest
+from ..services.deactivation import deactivation_submit
 from ..services.intake import request_submit
 from ..services.lifecycle import request_cancel, request_retry
 from ..validation import (
@@ -20,6 +21,7 @@ from ..validation import (
     REQUEST_ID_RE,
     describe_key,
     validate_create_accounts,
+    validate_deactivate_accounts,
 )
 from .permissions import CanReadRequests, IsOriginClient
 from .query import Pagination, QueryParams
@@ -38,6 +40,7 @@ from .serializers import (
     ActionResponseSerializer,
     CreateAccountsInputSerializer,
     CreateAccountsResponseSerializer,
+    DeactivateAccountsInputSerializer,
     ItemLogPageSerializer,
     RequestDetailSerializer,
     RequestPageSerializer,
@@ -107,6 +110,53 @@ class CreateAccountsView(APIView):
             status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
             headers={"Location": status_url(account_request.request_id)},
         )
+
+
+DEACTIVATE_EXAMPLE = {
+    "originSystem": "HR_SYSTEM",
+    "businessKey": "LEAVERS_20250131_001",
+    "systemList": ["idaas", "welink", "email"],
+    "userList": [{"employeeNumber": "TEST001"}, {"employeeNumber": "TEST002"}],
+}
+DEACTIVATE_SUBMITTED_MESSAGE = "停用请求已提交，正在处理中"
+
+
+class DeactivateAccountsView(APIView):
+    permission_classes = [IsOriginClient]
+
+    @extend_schema(
+        operation_id="deactivate_accounts",
+        summary="Disable the accounts of persons who left",
+        request=DeactivateAccountsInputSerializer,
+        parameters=[LOCATION_HEADER, RETRY_AFTER_HEADER],
+        responses={
+            202: OpenApiResponse(CreateAccountsResponseSerializer, description="Stored; processing follows."),
+            200: OpenApiResponse(CreateAccountsResponseSerializer,
+                                 description="The same deactivation was submitted before: the original request."),
+            **error_responses(*BODY_ERRORS, 409),
+        },
+        examples=[OpenApiExample("Two leavers", value=DEACTIVATE_EXAMPLE, request_only=True)],
+        description=(
+            "Disables (never deletes) the accounts of persons this originSystem submitted, in the systems listed "
+            "(absent: every system the person has an account in); creations not yet started are cancelled. "
+            "Answers 202 with the requestId and a Location header; the request is tracked by the same status "
+            "endpoint as a creation (`requestType: deactivate`). Idempotent on (originSystem, businessKey) like "
+            "create_accounts. Every error at once, nothing stored: an employee number this origin did not "
+            "submit is refused at its userList entry."
+        ),
+    )
+    def post(self, request):
+        batch = validate_deactivate_accounts(request.data)
+        account_request, created = deactivation_submit(client=request.user, batch=batch)
+        body = {
+            "success": True,
+            "requestId": account_request.request_id,
+            "status": account_request.status,
+            "totalUsers": account_request.total_users,
+            "message": DEACTIVATE_SUBMITTED_MESSAGE if created else RESUBMITTED_MESSAGE,
+        }
+        return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+                        headers={"Location": status_url(account_request.request_id)})
 
 
 def visible_request(request, request_id: str) -> AccountCreationRequest:

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from ..errors import BusinessKeyConflict, OriginForbidden, PayloadInvalid
 from ..models import AccountCreationRequest, AccountCreationRequestItem, ApiClient
-from ..validation import ValidatedBatch
+from ..validation import ValidatedBatch, ValidatedDeactivation
 
 
 def new_request_id() -> str:
@@ -15,7 +15,7 @@ def new_request_id() -> str:
     return f"req_{timezone.localdate():%Y%m%d}_{secrets.token_hex(6)}"
 
 
-def _existing_or_conflict(batch: ValidatedBatch) -> AccountCreationRequest | None:
+def existing_or_conflict(batch: ValidatedBatch | ValidatedDeactivation) -> AccountCreationRequest | None:
     existing = (
         AccountCreationRequest.objects.filter(origin_system=batch.origin_system, business_key=batch.business_key)
         .only("id", "request_id", "status", "total_users", "payload_fingerprint")
@@ -32,12 +32,8 @@ def _existing_or_conflict(batch: ValidatedBatch) -> AccountCreationRequest | Non
     return existing
 
 
-def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[AccountCreationRequest, bool]:
-    """Store the batch as a pending request; return (request, created).
-
-    Resubmitting the same (originSystem, businessKey) with the same payload returns the original request;
-    with a different payload it raises BusinessKeyConflict. Request and items are written in one transaction.
-    """
+def check_submitter(client: ApiClient, batch: ValidatedBatch | ValidatedDeactivation) -> None:
+    """The client submits for its own origin, and a callback only when it can be signed."""
     if client.is_operator or client.origin_system != batch.origin_system:
         raise OriginForbidden(
             f"This client may not submit for originSystem {batch.origin_system!r}.",
@@ -48,7 +44,16 @@ def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[Account
             "field": "callbackUrl", "code": "no_webhook_secret",
             "message": "Ask an operator to run `create_api_client <name> --rotate-webhook-secret`, "
                        "or leave callbackUrl out and poll the status URL."}])
-    existing = _existing_or_conflict(batch)
+
+
+def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[AccountCreationRequest, bool]:
+    """Store the batch as a pending request; return (request, created).
+
+    Resubmitting the same (originSystem, businessKey) with the same payload returns the original request;
+    with a different payload it raises BusinessKeyConflict. Request and items are written in one transaction.
+    """
+    check_submitter(client, batch)
+    existing = existing_or_conflict(batch)
     if existing is not None:
         return existing, False
     priority = batch.priority if batch.priority is not None else client.default_priority
@@ -73,7 +78,7 @@ def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[Account
             )
     except IntegrityError:
         # A concurrent submission of the same businessKey won the race: answer as a resubmission would.
-        existing = _existing_or_conflict(batch)
+        existing = existing_or_conflict(batch)
         if existing is None:
             raise
         return existing, False

@@ -8,6 +8,7 @@ from ..db.locking import wait_locked
 from ..errors import InvalidTransition
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, AccountCreationTask
 from ..selectors import iso_utc
+from .account_changes import open_changes
 from .mailbox_first import MAILBOX, MAILBOX_FAILED, opened_status, persons_with_mailbox_coming
 from .rollup import error_summaries, rollup_items_for_persons, rollup_requests
 
@@ -55,13 +56,31 @@ def person_system_q(keys) -> Q:
 
 
 def _cancel_tasks(tasks: list[Task], now, note: str) -> set[tuple[int, str]]:
-    """Cancel these unstarted tasks and put their accounts back to not_created; return their keys."""
+    """Cancel these unstarted tasks and put their accounts back to not_created (a creation) or as they
+    were (a change: a disable not applied leaves the account enabled); return their keys."""
     Task.objects.filter(pk__in=[t.pk for t in tasks]).update(
         status=Task.Status.CANCELLED, finished_at=now, updated_at=now, last_error=note)
     keys = {(t.person_id, t.system) for t in tasks}
     Account.objects.filter(person_system_q(keys), status=Account.Status.CREATING).update(
         status=Account.Status.NOT_CREATED, updated_at=now)
+    changes = {(t.person_id, t.system) for t in tasks if t.operation != Task.Operation.CREATE}
+    if changes:
+        Account.objects.filter(person_system_q(changes)).update(change_status=Account.ChangeStatus.NONE,
+                                                                updated_at=now)
+        disables = {(t.person_id, t.system) for t in tasks if t.operation == Task.Operation.DISABLE}
+        if disables:
+            Account.objects.filter(person_system_q(disables)).update(enabled=True)
     return keys
+
+
+def cancel_unstarted_creations(keys_filter: Q, now, note: str) -> set[int]:
+    """Cancel the creations not yet started of these (person, system) rows (a leaver's); return the persons."""
+    tasks = list(wait_locked(Task.objects.filter(
+        keys_filter, operation=Task.Operation.CREATE, status__in=[Task.Status.PENDING, Task.Status.BLOCKED])
+        .order_by("id")))
+    if not tasks:
+        return set()
+    return {person for person, _ in _cancel_tasks(tasks, now, note)}
 
 
 def _cancel_unstarted_tasks(request: Request, now) -> None:
@@ -116,9 +135,16 @@ def _supersede_failed_tasks(keys_filter: Q, now) -> None:
 def _reopen_items(request: Request, items: list[Item], now) -> None:
     fallback = None if request.error_summary else error_summaries([request.pk]).get(request.pk)
     history = _history_after_retry(request, now, summary=fallback)
+    deactivation = request.request_type == Request.RequestType.DEACTIVATE
+    # A deactivation's items go back to the sync stage, which opens their disable tasks again.
     Item.objects.filter(pk__in=[i.pk for i in items]).update(
-        status=Item.Status.SYNCED, error_message="", updated_at=now)
+        status=Item.Status.PENDING if deactivation else Item.Status.SYNCED, error_message="", updated_at=now)
     persons = [i.hr_person_id for i in items]
+    # A change that failed is tried again: the accounts it left `failed` are looked at afresh.
+    Account.objects.filter(person_id__in=persons, system__in=request.system_list,
+                           change_status=Account.ChangeStatus.FAILED).update(
+        change_status=Account.ChangeStatus.NONE, updated_at=now)
+    open_changes(persons, items={i.hr_person_id: i.pk for i in items}, priority=request.priority, now=now)
     # Failed accounts must be attempted again: the task stage skips only accounts already created.
     Account.objects.filter(person_id__in=persons, system__in=request.system_list,
                            status=Account.Status.FAILED).update(
@@ -161,6 +187,20 @@ def items_retry(*, items) -> int:
     return len(items)
 
 
+def _reopen_items_of(tasks: list[Task], now) -> None:
+    """Failed items of these tasks wait again (task_created), their requests back to processing."""
+    items = Item.objects.filter(pk__in={t.request_item_id for t in tasks if t.request_item_id},
+                                status=Item.Status.FAILED)
+    request_ids = set(items.values_list("request_id", flat=True))
+    summaries = error_summaries(sorted(request_ids))
+    items.update(status=Item.Status.TASK_CREATED, error_message="", updated_at=now)
+    for request in wait_locked(Request.objects.filter(pk__in=request_ids).order_by("id")):
+        request.error_history = _history_after_retry(request, now, summary=summaries.get(request.pk))
+        request.status, request.completed_at, request.error_summary = Request.Status.PROCESSING, None, None
+        request.save(update_fields=["status", "completed_at", "error_summary", "error_history", "updated_at"])
+    rollup_requests(request_ids)
+
+
 @transaction.atomic
 def tasks_retry(*, tasks) -> int:
     """Retry failed tasks (the admin action): a fresh task per failed one, history kept."""
@@ -171,6 +211,18 @@ def tasks_retry(*, tasks) -> int:
     failed = list(wait_locked(Task.objects.filter(Q(pk__in=chosen.values("pk")) | Q(pk__in=dependents.values("pk")))
                               .order_by("id")))
     now = timezone.now()
+    reopened = 0
+    changes = [t for t in failed if t.operation != Task.Operation.CREATE]
+    if changes:
+        # A failed change is tried again with what the account should hold now, not with its old values.
+        keys = person_system_q({(t.person_id, t.system) for t in changes})
+        _supersede_failed_tasks(keys, now)
+        Account.objects.filter(keys, change_status=Account.ChangeStatus.FAILED).update(
+            change_status=Account.ChangeStatus.NONE, updated_at=now)
+        reopened = open_changes({t.person_id for t in changes},
+                                items={t.person_id: t.request_item_id for t in changes}, now=now)
+        _reopen_items_of(changes, now)
+        failed = [t for t in failed if t.operation == Task.Operation.CREATE]
     # One query for every open task of these persons; a key gets one fresh task however often it is selected.
     taken = set(Task.objects.filter(person_system_q({(t.person_id, t.system) for t in failed}),
                                     status__in=Task.OPEN_STATUSES).values_list("person_id", "system"))
@@ -189,18 +241,9 @@ def tasks_retry(*, tasks) -> int:
     # Every key chosen now has an open task (a fresh one, or one opened before): its failed ones are replaced.
     _supersede_failed_tasks(person_system_q({(t.person_id, t.system) for t in failed}), now)
     if fresh:
-        item_ids = {t.request_item_id for t in fresh if t.request_item_id}
-        items = Item.objects.filter(pk__in=item_ids, status=Item.Status.FAILED)
-        request_ids = set(items.values_list("request_id", flat=True))
-        # Read before the accounts and items below stop being failed.
-        summaries = error_summaries(sorted(request_ids))
+        # Items and requests first: their error summaries are read while the accounts still read failed.
+        _reopen_items_of(fresh, now)
         Account.objects.filter(person_system_q({(t.person_id, t.system) for t in fresh})).exclude(
             status=Account.Status.CREATED).update(
             status=Account.Status.CREATING, error_message="", updated_at=now)
-        items.update(status=Item.Status.TASK_CREATED, error_message="", updated_at=now)
-        for request in wait_locked(Request.objects.filter(pk__in=request_ids).order_by("id")):
-            request.error_history = _history_after_retry(request, now, summary=summaries.get(request.pk))
-            request.status, request.completed_at, request.error_summary = Request.Status.PROCESSING, None, None
-            request.save(update_fields=["status", "completed_at", "error_summary", "error_history", "updated_at"])
-        rollup_requests(request_ids)
-    return len(fresh)
+    return len(fresh) + reopened

@@ -6,6 +6,7 @@ claim's lease token. This module says what a call is (the backend's ensure_accou
 onto the task, and what follows a written result: the attempt log, the account, the roll-up.
 """
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -20,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..backends import get_backend
-from ..backends.base import Outcome, OutcomeKind, PersonSnapshot
+from ..backends.base import CHANGE_FIELDS, AccountChange, Outcome, OutcomeKind, PersonSnapshot
 from ..backends.pacing import concurrency_slot
 from ..db.bulk import insert_from_arrays, update_from_arrays
 from ..db.locking import atomic_with_retry
@@ -30,6 +31,7 @@ from ..queue.engines import Claimed
 from ..queue.handler import Handler
 from ..queue.outcomes import Decision, JobResult, Settled, Verdict
 from ..queue.table import JobTable
+from .account_changes import open_changes, record_change_results, record_events
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
 from .mailbox_first import MAILBOX, settle_blocked_tasks, settle_stranded_blocked_tasks
@@ -74,24 +76,39 @@ def worker_name() -> str:
 
 
 def snapshot(task: Task) -> PersonSnapshot:
+    """The person as the task's call sees them: a change carries the values it applies."""
     person = task.person
     department = person.person_dept[0] if person.person_dept else {}
-    return PersonSnapshot(
+    person = PersonSnapshot(
         person_pk=person.pk, person_id=person.person_id, employee_number=person.employee_number,
         full_name=person.full_name, email=person.email or "", phone_number=person.telephone_number1,
         department_code=(department or {}).get("department_code", ""), person_type=person.person_type,
         departments=list(person.person_dept or []),
     )
+    if task.operation != Task.Operation.CREATE:
+        person = dataclasses.replace(person, **(task.change or {}).get("values", {}))
+    return person
+
+
+def account_change(task: Task) -> AccountChange:
+    change = task.change or {}
+    return AccountChange(operation=task.operation, external_id=change.get("external_id", ""),
+                         fields=tuple(change.get("fields", ())), active=bool(change.get("active", True)))
 
 
 def ensure_account(task: Task) -> Outcome:
-    """One call to the task's target, within the shared concurrency slots; never raises."""
+    """One call to the task's target, within the shared concurrency slots; never raises.
+
+    A creation makes sure the account exists; a change (update, disable, enable) applies its values."""
     try:
         with concurrency_slot(task.system) as acquired:
             if not acquired:
                 return Outcome.transient("slot_busy", f"no free {task.system} call slot across the workers "
                                                       f"within {settings.TARGET_SLOT_WAIT_SECONDS:g} s")
-            return get_backend(task.system).ensure_account(snapshot(task), dict(task.backend_state or {}))
+            backend, state = get_backend(task.system), dict(task.backend_state or {})
+            if task.operation != Task.Operation.CREATE:
+                return backend.apply_change(snapshot(task), account_change(task), state)
+            return backend.ensure_account(snapshot(task), state)
     except DatabaseError as exc:
         # Our database failed (a restart, a dropped connection), not the target: one line, no traceback per
         # task, and a fresh connection for this thread's next call instead of a dead one.
@@ -132,7 +149,7 @@ class CreateAccountHandler(Handler):
         if outcome.state is not None:
             task.backend_state = outcome.state
         kind = outcome.kind
-        if kind in (OutcomeKind.CREATED, OutcomeKind.LINKED):
+        if outcome.succeeded:
             return Decision.succeeded()
         if kind == OutcomeKind.IN_PROGRESS:
             submitted = task.backend_state.setdefault("submitted_at", now.isoformat())
@@ -173,13 +190,18 @@ class CreateAccountHandler(Handler):
     def after_write(self, settled: list[Settled], *, worker: str, now) -> None:
         log_attempts(settled, worker)
         update_accounts(settled, now)
+        changed = record_change_results(settled, now)
+        record_events(settled, now)
+        # What the targets now hold is compared with the persons again: a change that came in while these
+        # calls ran (or a deactivation during a creation) opens its task here.
+        open_changes({s.result.job.person_id for s in settled if s.verdict == Verdict.SUCCEEDED}, now=now)
         stopped = stop_retries_of_cancelled_requests(
             [s.result.job.pk for s in settled if s.result.job.status == Task.Status.PENDING])
         final = [s.result.job for s in settled if s.verdict in (Verdict.SUCCEEDED, Verdict.FAILED)]
         # A mailbox that exists (or failed for good) releases (or fails) the person's other tasks.
         dependents_failed = settle_blocked_tasks(
             person_ids={task.person_id for task in final if task.system == MAILBOX}, now=now)
-        rollup_items_for_persons(stopped | {task.person_id for task in final} | dependents_failed)
+        rollup_items_for_persons(stopped | {task.person_id for task in final} | dependents_failed | changed)
 
     def upkeep(self) -> None:
         settle_stranded_blocked_tasks()
@@ -200,25 +222,37 @@ def log_attempts(settled: list[Settled], worker: str) -> None:
 
 
 def update_accounts(settled: list[Settled], now) -> None:
-    """Final tasks decide their accounts: created with the target's id, or failed with the reason."""
+    """Final creations decide their accounts: created with the target's id and the values it was given
+    (active), or failed with the reason. (Changes: account_changes.record_change_results.)"""
     rows = []
     for s in settled:
         task = s.result.job
+        if task.operation != Task.Operation.CREATE:
+            continue
+        outcome = s.result.outcome
+        last = {"operation": Task.Operation.CREATE, "fields": [], "at": now.isoformat(), "code": outcome.code}
         if s.verdict == Verdict.SUCCEEDED:
-            rows.append((task.person_id, task.system, Account.Status.CREATED, s.result.outcome.external_id[:255], "",
-                         now))
+            applied = {**person_values(snapshot(task)), "active": True}
+            last.update(result="succeeded", linked=outcome.kind == OutcomeKind.LINKED)
+            rows.append((task.person_id, task.system, Account.Status.CREATED, outcome.external_id[:255], "",
+                         now, applied, last))
         elif s.verdict == Verdict.FAILED:
             message = f"[{task.last_error_code}] {task.last_error}" if task.last_error_code else task.last_error
-            rows.append((task.person_id, task.system, Account.Status.FAILED, "", message, None))
+            last.update(result="failed", code=task.last_error_code)
+            rows.append((task.person_id, task.system, Account.Status.FAILED, "", message, None, {}, last))
     if not rows:
         return
-    person, system, status, external_id, error_message, provisioned_at = map(list, zip(*rows))
+    person, system, status, external_id, error_message, provisioned_at, applied, last = map(list, zip(*rows))
     update_from_arrays(
         Account, match={"person": person, "system": system},
         values={"status": status, "external_id": external_id, "error_message": error_message,
-                "provisioned_at": provisioned_at},
+                "provisioned_at": provisioned_at, "applied": applied, "last_change": last},
         constants={"updated_at": now},
     )
+
+
+def person_values(person: PersonSnapshot) -> dict:
+    return {name: getattr(person, name) for name in CHANGE_FIELDS}
 
 
 CREATE_ACCOUNT = CreateAccountHandler()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -13,8 +14,12 @@ from ..backends import get_hr_backend
 from ..db.bulk import bulk_update_rows
 from ..db.locking import advisory_lock, atomic_with_retry, skip_locked
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, HrSyncState
+from .account_changes import is_leaver, open_changes, set_enabled
 from .batches import lock_items_by_request_priority
+from .deactivation import deactivate_pending_items
 from .email_address import allocate_email_addresses
+from .lifecycle import cancel_unstarted_creations
+from .rollup import rollup_items_for_persons
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +39,14 @@ class SyncStageResult:
     persons_created: int = 0
     persons_updated: int = 0
     hr_persons_synced: int = 0
+    deactivation_items: int = 0
     hr_sync_note: str = ""
 
     def as_counts(self) -> dict:
         return {
             "requests_claimed": self.requests_claimed, "items_synced": self.items_synced,
             "persons_created": self.persons_created, "persons_updated": self.persons_updated,
-            "hr_persons_synced": self.hr_persons_synced,
+            "hr_persons_synced": self.hr_persons_synced, "deactivation_items": self.deactivation_items,
         }
 
 
@@ -150,7 +156,27 @@ def _sync_items_batch(batch_size: int) -> tuple[int, int, int]:
         created = _insert_persons_and_link_items(list(new_persons.values()), existing, items, now)
     else:
         created = _insert_persons_and_link_items_orm(list(new_persons.values()), existing, items, now)
+    if existing:
+        _resubmitted(existing, items, now)
     return len(items), created, len(updated)
+
+
+def _resubmitted(existing: dict[str, HrPerson], items: list[AccountCreationRequestItem], now) -> None:
+    """Persons submitted again: a returner's accounts in the request's systems are enabled again (unless HR
+    says the person left: HR is the master of its persons), and changed values reach their accounts."""
+    systems = dict(AccountCreationRequest.objects.filter(pk__in={i.request_id for i in items})
+                   .values_list("id", "system_list"))
+    first_item: dict[int, int] = {}
+    returning = Q(pk__in=[])
+    for item in items:
+        person = existing.get(item.employee_number)
+        if person is None or person.pk in first_item:
+            continue
+        first_item[person.pk] = item.pk
+        if not is_leaver(person.employee_status):
+            returning |= Q(person_id=person.pk, system__in=systems[item.request_id])
+    set_enabled(returning, True, now)
+    open_changes(first_item, items=first_item, now=now)
 
 
 def _take_item_values(persons: dict[str, HrPerson], items: dict[str, AccountCreationRequestItem], now) -> None:
@@ -288,7 +314,7 @@ def _upsert_hr_page(records: list[dict]) -> int:
     now = timezone.now()
     by_number = {r["employee_number"]: r for r in records}
     existing = {p.employee_number: p for p in HrPerson.objects.filter(employee_number__in=by_number)}
-    new_persons, changed = [], []
+    new_persons, changed, leavers, returners = [], [], [], []
     for number, record in by_number.items():
         person = existing.get(number)
         if person is None:
@@ -297,19 +323,38 @@ def _upsert_hr_page(records: list[dict]) -> int:
                 **{k: record[k] for k in HR_FIELDS}, last_update_date=record["last_update_date"],
             ))
         else:
+            was_leaver = is_leaver(person.employee_status)
             for name in HR_FIELDS:
                 setattr(person, name, record[name])
             person.last_update_date = record["last_update_date"]
             person.last_updated_by = HR_SYNC
             changed.append(person)
+            if is_leaver(person.employee_status) != was_leaver:
+                (leavers if not was_leaver else returners).append(person.pk)
     allocate_email_addresses(new_persons)
     created = HrPerson.objects.bulk_create(new_persons)
     if connection_lacks_returning(created):
         created = list(HrPerson.objects.filter(employee_number__in=[p.employee_number for p in new_persons]))
     create_default_accounts(created)
+    leavers += [p.pk for p in created if is_leaver(p.employee_status)]
     if changed:
         bulk_update_rows(changed, [*HR_FIELDS, "last_update_date", "last_updated_by"])
+        _keep_accounts_true(changed, leavers=leavers, returners=returners, now=now)
+    elif leavers:
+        set_enabled(Q(person_id__in=leavers), False, now)
     return len(by_number)
+
+
+def _keep_accounts_true(persons: list[HrPerson], *, leavers: list[int], returners: list[int], now) -> None:
+    """A leaver's accounts are to be disabled and their creations not yet started cancelled; a returner's
+    enabled again; every account that no longer holds its person's values gets its change task."""
+    if leavers:
+        set_enabled(Q(person_id__in=leavers), False, now)
+        cancelled = cancel_unstarted_creations(Q(person_id__in=leavers), now, "the person left (HR)")
+        rollup_items_for_persons(cancelled)
+    if returners:
+        set_enabled(Q(person_id__in=returners), True, now)
+    open_changes([p.pk for p in persons], now=now)
 
 
 def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
@@ -359,6 +404,7 @@ def run_sync_stage(*, dry_run: bool = False, limit: int | None = None) -> SyncSt
         result.requests_claimed = pending.count()
         result.items_synced = AccountCreationRequestItem.objects.filter(
             status=AccountCreationRequestItem.Status.PENDING,
+            request__request_type=AccountCreationRequest.RequestType.CREATE,
             request__status__in=[AccountCreationRequest.Status.PENDING, AccountCreationRequest.Status.PROCESSING],
         ).count()
         result.hr_sync_note = "HR sync not run (dry run)"
@@ -366,5 +412,6 @@ def run_sync_stage(*, dry_run: bool = False, limit: int | None = None) -> SyncSt
     while claimed := claim_pending_requests():
         result.requests_claimed += claimed
     result.items_synced, result.persons_created, result.persons_updated = sync_pending_items(limit=limit)
+    result.deactivation_items = deactivate_pending_items(limit=limit)
     result.hr_persons_synced, result.hr_sync_note = sync_hr_source()
     return result

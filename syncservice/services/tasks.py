@@ -147,8 +147,8 @@ def _start_tasks_for_items(item_ids: list[int]) -> dict[int, int]:
             f" %s, %s, NULL, '', '', '{{}}'::jsonb, '', '', %s, %s, NULL"
             f" FROM batch i JOIN {request_table} r ON r.id = i.request_id"
             f" JOIN unnest(%s::text[]) AS s(system) ON r.system_list ? s.system"
-            f" WHERE (SELECT a.status FROM {account_table} a"
-            f" WHERE a.person_id = i.hr_person_id AND a.system = s.system) IS DISTINCT FROM %s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {account_table} a WHERE a.person_id = i.hr_person_id"
+            f" AND a.system = s.system AND (a.status = %s OR NOT a.enabled))"
             f" ORDER BY i.hr_person_id, s.system, r.priority DESC, r.created_at, r.id, i.id"
             f" ON CONFLICT DO NOTHING RETURNING person_id, system, request_item_id"
             # The sync stage created every person's default accounts: update those (an upsert costs twice
@@ -180,6 +180,7 @@ def _start_tasks_for_items_orm(items: list) -> dict[int, int]:
                 .only("id", "system_list", "priority")}
     person_ids = {item.hr_person_id for item in items}
     accounts = _accounts_of(person_ids)
+    disabled = set(Account.objects.filter(person_id__in=person_ids, enabled=False).values_list("person_id", "system"))
     open_tasks = _open_task_keys(person_ids)
     wanted: dict[tuple[int, str], tuple[int, int]] = {}
     opened_by: dict[int, int] = {}
@@ -188,7 +189,7 @@ def _start_tasks_for_items_orm(items: list) -> dict[int, int]:
         for system in request.system_list:
             key = (item.hr_person_id, system)
             created = accounts.get(key, (None, ""))[1] == Account.Status.CREATED
-            if created or key in open_tasks or key in wanted:
+            if created or key in disabled or key in open_tasks or key in wanted:
                 continue
             wanted[key] = (item.pk, request.priority)
             opened_by[item.pk] = opened_by.get(item.pk, 0) + 1
@@ -214,11 +215,12 @@ def create_tasks_for_request_items(*, limit: int | None = None) -> TaskStageResu
 
 
 def _hr_accounts_needing_tasks():
-    """Accounts of HR-synced persons, in the default systems, never attempted and with no open task."""
+    """Accounts of HR-synced persons, in the default systems, never attempted, with no open task, and
+    wanted (not a leaver's)."""
     open_task = Task.objects.filter(person_id=OuterRef("person_id"), system=OuterRef("system"),
                                     status__in=Task.OPEN_STATUSES)
     return Account.objects.filter(
-        status=Account.Status.NOT_CREATED, system__in=settings.HR_DEFAULT_SYSTEMS,
+        status=Account.Status.NOT_CREATED, system__in=settings.HR_DEFAULT_SYSTEMS, enabled=True,
         person__created_by=HrPerson.CreatedBy.HR_SYNC,
     ).exclude(Exists(open_task))
 

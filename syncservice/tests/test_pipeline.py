@@ -152,7 +152,8 @@ def test_permanent_failures_end_partial_failed_with_reasons(hr_caller, settings)
     assert document["processedUsers"] == 2
     assert document["errorSummary"] == {
         "failedUsers": 1,
-        "reasons": [{"system": "welink", "reason": "[LOCAL-422] welink refused the account (injected)", "count": 1,
+        "reasons": [{"system": "welink", "operation": "create",
+                     "reason": "[LOCAL-422] welink refused the account (injected)", "count": 1,
                      "employeeNumbers": ["TEST002"]}],
     }
     failed = next(i for i in document["items"] if i["employeeNumber"] == "TEST002")

@@ -80,7 +80,8 @@ def test_an_account_without_a_task_yet_shows_no_attempts(hr_caller):
 
     [idaas] = document(hr_caller, request_id)["items"][0]["accounts"]
 
-    assert idaas == {"system": "idaas", "status": "not_created", "status_display": "未创建", "externalId": None,
+    assert idaas == {"system": "idaas", "status": "not_created", "status_display": "未创建", "state": "not_created",
+                     "state_display": "未创建", "enabled": True, "lastChange": None, "externalId": None,
                      "error": None, "attempts": 0, "lastError": None, "lastAttemptAt": None, "nextAttemptAt": None}
 
 

@@ -10,7 +10,7 @@ from .fixtures import submit
 pytestmark = pytest.mark.django_db
 
 SUMMARY_FIELDS = {
-    "requestId", "originSystem", "businessKey", "accountType", "employeeType", "systemList", "status",
+    "requestId", "requestType", "originSystem", "businessKey", "accountType", "employeeType", "systemList", "status",
     "status_display", "totalUsers", "processedUsers", "progress", "errorSummary", "errorHistory", "createdAt",
     "updatedAt", "completedAt",
 }
@@ -29,6 +29,7 @@ def test_status_of_a_new_request_has_the_notes_fields(hr_caller):
     body = response.json()
     assert set(body) == SUMMARY_FIELDS | {"items"}
     assert body["requestId"] == request_id
+    assert body["requestType"] == "create"
     assert body["status"] == "pending"
     assert body["status_display"] == "待处理"
     assert body["totalUsers"] == 2
@@ -76,10 +77,11 @@ def test_completed_request_shows_progress_labels_person_and_accounts(hr_caller):
                                      "email": "zhangsan@example.com"}
     no_task = {"attempts": 0, "lastError": None, "lastAttemptAt": None, "nextAttemptAt": None}
     assert first["accounts"] == [
-        {"system": "idaas", "status": "created", "status_display": "已创建", "externalId": "scim-1", "error": None,
+        {"system": "idaas", "status": "created", "status_display": "已创建", "state": "created",
+         "state_display": "已创建", "enabled": True, "lastChange": None, "externalId": "scim-1", "error": None,
          **no_task},
-        {"system": "email", "status": "failed", "status_display": "失败", "externalId": None,
-         "error": "60102 exists", **no_task},
+        {"system": "email", "status": "failed", "status_display": "失败", "state": "failed", "state_display": "失败",
+         "enabled": True, "lastChange": None, "externalId": None, "error": "60102 exists", **no_task},
     ]
     assert second["errorMessage"] == "boom"
 

@@ -213,3 +213,56 @@ def test_when_the_mailbox_fails_for_good_the_other_accounts_fail_with_its_reason
     assert request.status == "failed"
     reasons = {r["system"] for r in request.error_summary["reasons"]}
     assert reasons == {"email", "idaas"}
+
+
+def deactivate(caller, key: str, numbers: list[str]):
+    return caller.post_json("/account-creation/deactivate_accounts/", {
+        "originSystem": "HR_SYSTEM", "businessKey": key, "userList": [{"employeeNumber": n} for n in numbers]})
+
+
+def test_movers_leavers_and_returners_reach_all_three_real_targets(hr_caller, exmail_sim, welink_sim, scim):
+    # After a reallocation (a stranger holds the first address), a department, name and mobile change by a
+    # resubmission, a leaver through the API and a returner: every target holds the person's current values
+    # and active state, one account each.
+    exmail_sim.add_user("lixiaolong@example.com", name="李小龙", mobile="13900000010", extid="STRANGER")
+    number = f"LC{time.time_ns() % 10**8}"
+    first = {"employeeNumber": number, "employeeName": "李小龙", "departmentCode": "D1", "phoneNumber": "13800138010"}
+    submit(hr_caller, [first], ["idaas", "welink", "email"], key="LC-1")
+    run_stages()
+    address = HrPerson.objects.get(employee_number=number).email
+    assert address == "lixiaolong2@example.com"
+
+    moved = {**first, "employeeName": "李小龍", "departmentCode": "D7", "phoneNumber": "13800138011"}
+    submit(hr_caller, [moved], ["idaas", "welink", "email"], key="LC-2")
+    run_stages()
+
+    [user] = scim.users_named(number)
+    assert user["displayName"] == "李小龍" and user["active"] is True
+    assert [e["value"] for e in user["emails"] if e.get("primary")] == [address]
+    assert [p["value"] for p in user["phoneNumbers"]] == ["13800138011"]
+    assert user["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["department"] == "D7"
+    record = welink_sim.users[number]
+    assert (record["userNameCn"], record["mobileNumber"], record["corpDeptCode"], record["userEmail"]) == \
+        ("李小龍", "+86-13800138011", "D7", address)
+    mailbox = exmail_sim.users[address]
+    assert (mailbox["name"], mailbox["mobile"], mailbox["enable"]) == ("李小龍", "13800138011", 1)
+
+    assert deactivate(hr_caller, "LC-OUT", [number]).status_code == 202
+    run_stages()
+    assert scim.get_user(user["id"])["active"] is False
+    assert welink_sim.users[number]["valid"] == "0"
+    assert exmail_sim.users[address]["enable"] == 0
+
+    calls_before = len(welink_sim.calls) + len(exmail_sim.calls)
+    run_stages()  # nothing changed: no call to any target
+    assert len(welink_sim.calls) + len(exmail_sim.calls) == calls_before
+
+    submit(hr_caller, [moved], ["idaas", "welink", "email"], key="LC-BACK")
+    run_stages()
+    assert scim.get_user(user["id"])["active"] is True
+    assert welink_sim.users[number]["valid"] == "1"
+    assert exmail_sim.users[address]["enable"] == 1
+    assert len(scim.users_named(number)) == 1
+    assert [u for u in exmail_sim.users.values() if u["extid"] == number] == [exmail_sim.users[address]]
+    assert set(Account.objects.filter(person__employee_number=number).values_list("status", "change_status")) == {
+        ("created", "")}
