@@ -207,20 +207,21 @@ def error_summaries(request_ids: list[int]) -> dict[int, dict]:
         return {}
     failed_items = list(
         Item.objects.filter(request_id__in=request_ids, status=Item.Status.FAILED)
-        .values_list("request_id", "employee_number", "hr_person_id")
+        .values_list("request_id", "employee_number", "hr_person_id", "error_message")
     )
     if not failed_items:
         return {}
     systems = dict(Request.objects.filter(id__in=request_ids).values_list("id", "system_list"))
     accounts = defaultdict(list)
     failed = Q(status=Account.Status.FAILED) | Q(change_status=Account.ChangeStatus.FAILED)
-    for account in Account.objects.filter(failed, person_id__in={p for _, _, p in failed_items if p}):
+    for account in Account.objects.filter(failed, person_id__in={p for _, _, p, _ in failed_items if p}):
         accounts[account.person_id].append(account)
     grouped: dict[int, dict[tuple[str, str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
-    for request_id, number, person_id in failed_items:
+    for request_id, number, person_id, item_message in failed_items:
         reasons = [(a.system, failed_operation(a), a.error_message) for a in accounts.get(person_id, [])
                    if a.system in systems[request_id]]
-        for reason in reasons or [("", "", "failed")]:
+        # No account failed: the item says why (its accounts are disabled: the person left).
+        for reason in reasons or [("", "", item_message or "failed")]:
             grouped[request_id][reason].append(number)
     return {
         request_id: {

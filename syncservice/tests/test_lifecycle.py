@@ -7,6 +7,7 @@ import pytest
 from syncservice.models import (
     Account,
     AccountCreationRequest,
+    AccountCreationRequestItem,
     AccountCreationTask,
     AccountEvent,
     HrPerson,
@@ -242,3 +243,66 @@ def test_a_change_that_fails_for_good_names_its_operation(hr, settings):
     assert account.last_change["operation"] == "update" and account.last_change["result"] == "failed"
     assert targets("H6")["idaas"].full_name == "郑爽爽"
     assert targets("H6")["welink"].full_name == "郑爽"
+
+
+# --- several workers, killed at random moments, on changes ---------------------------------------------
+
+MOVERS = 60
+
+
+@pytest.mark.slow
+def test_changes_under_several_killed_workers_end_true_with_one_account_each(hr_caller, fast_retries):
+    import random
+    import signal
+    import time
+
+    from .test_concurrency import manage, subprocess_env, wait_until
+
+    users = [{"employeeNumber": f"M{i:04d}", "employeeName": "陈一", "departmentCode": "D1",
+              "phoneNumber": f"137{i:08d}"} for i in range(MOVERS)]
+    submit(hr_caller, businessKey="MOVE-0", userList=users)
+    run_pipeline()
+    assert LocalTargetAccount.objects.count() == MOVERS * 3
+    # Everyone moves department and gets a new mobile; the first half also leaves.
+    submit(hr_caller, businessKey="MOVE-1", userList=[
+        {**u, "departmentCode": "D2", "phoneNumber": f"136{i:08d}"} for i, u in enumerate(users)])
+    leavers = [u["employeeNumber"] for u in users[:MOVERS // 2]]
+    assert deactivate(hr_caller, originSystem="HR_SYSTEM", businessKey="MOVE-OUT",
+                      userList=[{"employeeNumber": n} for n in leavers]).status_code == 202
+
+    env = subprocess_env(LOCAL_BACKEND_LATENCY_MS=200, IDAAS_CONCURRENCY=2, WELINK_CONCURRENCY=2,
+                         MAILBOX_CONCURRENCY=2, LOCAL_WELINK_ASYNC=1, STAGE_BATCH_SIZE=10, TASK_LEASE_SECONDS=3)
+    rng = random.Random(13)
+    kills = 0
+    for _ in range(4):
+        workers = [manage("run_scheduler", "--interval", "0.2", env=env) for _ in range(2)]
+        time.sleep(rng.uniform(1.0, 2.5))
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate()
+            kills += 1
+    finishers = [manage("run_scheduler", "--interval", "0.2", env=env) for _ in range(2)]
+    try:
+        done = wait_until(lambda: not AccountCreationTask.objects.filter(
+            status__in=AccountCreationTask.OPEN_STATUSES).exists() and not AccountCreationRequest.objects.filter(
+            status__in=["pending", "processing"]).exists(), timeout=180, interval=0.5)
+    finally:
+        for worker in finishers:
+            worker.send_signal(signal.SIGTERM)
+        outputs = [worker.communicate(timeout=60) for worker in finishers]
+    assert done, outputs
+    assert kills == 8
+
+    # One account per person and system, each holding the person's current values and active state.
+    assert LocalTargetAccount.objects.count() == MOVERS * 3
+    for account in LocalTargetAccount.objects.all():
+        i = int(account.employee_number[1:])
+        assert (account.department_code, account.mobile) == ("D2", f"136{i:08d}"), account.employee_number
+        assert account.active == (account.employee_number not in leavers), account.employee_number
+    assert set(Account.objects.values_list("status", "change_status")) == {("created", "")}
+    assert not AccountCreationTask.objects.filter(status__in=["failed", "running"]).exists()
+    statuses = dict(AccountCreationRequest.objects.values_list("business_key", "status"))
+    assert statuses == {"MOVE-0": "completed", "MOVE-1": "partial_failed", "MOVE-OUT": "completed"}
+    # The resubmission asked for active accounts of persons who then left: those items end failed, disabled.
+    failed = AccountCreationRequestItem.objects.filter(request__business_key="MOVE-1", status="failed")
+    assert sorted(failed.values_list("employee_number", flat=True)) == leavers
