@@ -90,6 +90,34 @@ class AccountChange:
     active: bool = True            # the state the account ends in: False for a disable
 
 
+@dataclass(frozen=True)
+class TargetAccount:
+    """One account as its target holds it, read for reconciliation; values in PersonSnapshot's forms
+    (a mobile as the service stores it: 13800138000, +44…), so that they compare with ours as they are."""
+
+    external_id: str               # the target's id of the account (what ensure_account returns)
+    key: str                       # the employee number it carries (SCIM userName, corpUserId, Exmail extid)
+    email: str = ""
+    full_name: str = ""
+    phone_number: str = ""
+    department_code: str | None = None   # None: the target holds no department the service manages
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class AccountPage:
+    accounts: list[TargetAccount]
+    next_cursor: str | None        # opaque, for the next call; None after the last page
+
+
+class ListingFailed(Exception):
+    """Reading the target's accounts failed (after the backend's own retries): code and message say why."""
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None):
+        super().__init__(f"[{code}] {message}")
+        self.code, self.message, self.retry_after = code, message, retry_after
+
+
 class TargetBackend:
     """Base class of a target system's backend.
 
@@ -112,6 +140,19 @@ class TargetBackend:
         in-progress outcome for an asynchronous target, or a failure; `account_missing` when the target
         has no such account any more."""
         raise NotImplementedError("subclasses of TargetBackend must provide an apply_change() method")
+
+    # Whether list_accounts can read every account the target holds; without it, reconciliation looks its
+    # own persons up (lookup_accounts) and cannot see orphans there.
+    can_list: bool = True
+
+    def list_accounts(self, *, cursor: str | None, page_size: int) -> AccountPage:
+        """One page of every account the target holds, in a stable order; raise ListingFailed."""
+        raise NotImplementedError("subclasses of TargetBackend must provide list_accounts()")
+
+    def lookup_accounts(self, keys: list[str]) -> list[TargetAccount]:
+        """The accounts the target holds for these employee numbers (none for a key it does not know);
+        raise ListingFailed. A target that can list need not provide it."""
+        raise NotImplementedError("this backend cannot look accounts up by employee number")
 
     def close(self) -> None:
         """Release connections; called when the backend is replaced or the process ends."""

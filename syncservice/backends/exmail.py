@@ -6,20 +6,29 @@ that already belongs to someone else ends the task with code ``email_taken`` and
 ``state["reallocate_email"]``: the process stage gives the person the next free address
 (``services.email_reallocation``) and tries again. A change is one ``user/update`` of name, mobile and
 ``enable``; the address itself never changes (the mailbox is made first, every other target follows it).
+Reconciliation reads the members of EXMAIL_DEPARTMENT_ID and its sub-departments (``user/list``), which the
+API answers in one piece: the backend fetches it once per listing and pages over the copy it keeps.
 """
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
 
 from django.conf import settings
 
-from .base import AccountChange, Outcome, PersonSnapshot, TargetBackend
+from .base import AccountChange, AccountPage, ListingFailed, Outcome, PersonSnapshot, TargetAccount, TargetBackend
 from .http import (
     HttpClient,
     TargetError,
     TokenCache,
     json_object,
+    listing_failure,
     log_vendor_answer,
     national_mobile,
     same_mobile,
     same_text,
+    service_mobile,
     strong_password,
 )
 
@@ -33,6 +42,12 @@ TRANSIENT_CODES = {-1, 45009, 45033}  # system busy, call frequency and concurre
 USER_EXISTS = 60102
 USER_NOT_FOUND = 60111
 EMAIL_TAKEN = "email_taken"
+
+# A fetched member list lives as long as its listing reads pages: it is dropped after the last page, or
+# this long after the latest one (an abandoned listing). A cursor that outlives it (a restart, another
+# process) fetches the list again and goes on from its offset.
+LISTING_IDLE_SECONDS = 900.0
+MAX_LISTINGS = 4   # listings kept at once (per backend, so per process); the least recently read goes first
 
 
 def exmail_error(body) -> tuple[str, str]:
@@ -48,6 +63,23 @@ def _errcode(body: dict) -> int:
         return -1
 
 
+def target_account(user: dict) -> TargetAccount:
+    """A member of user/list as reconciliation compares it. `enable` comes as "1" in user/list's documented
+    answer and as 1 in user/get's; a member without it is not reported as disabled."""
+    address = str(user.get("userid") or "")
+    return TargetAccount(
+        external_id=address, key=str(user.get("extid") or ""), email=address,
+        full_name=str(user.get("name") or ""), phone_number=service_mobile(str(user.get("mobile") or "")),
+        department_code=None, active=str(user.get("enable", 1)).strip() == "1",
+    )
+
+
+@dataclass
+class _Listing:
+    accounts: list[TargetAccount]
+    read_at: float   # time.monotonic() of the latest page
+
+
 class ExmailBackend(TargetBackend):
     system = "email"
 
@@ -56,6 +88,8 @@ class ExmailBackend(TargetBackend):
         self.http = HttpClient(system=self.system, url_setting="EXMAIL_API_URL", default_url=DEFAULT_URL,
                                error_fields=exmail_error)
         self.tokens = TokenCache(self._fetch_token)
+        self._listings: dict[str, _Listing] = {}   # listing token → the member list it pages over
+        self._listings_lock = threading.Lock()
 
     def close(self) -> None:
         self.http.close()
@@ -183,3 +217,55 @@ class ExmailBackend(TargetBackend):
             return Outcome.permanent("account_missing",
                                      f"{errcode} {body.get('errmsg', '')}: Exmail has no mailbox {address}")
         return Outcome.permanent(str(errcode), str(body.get("errmsg", "")))
+
+    # --- Reading the accounts (reconciliation) -------------------------------------------------
+
+    def list_accounts(self, *, cursor: str | None, page_size: int) -> AccountPage:
+        """A page of the member list, by offset; the cursor is "<listing token>:<offset>". The first page
+        fetches the list, the last one lets it go."""
+        if cursor is None:
+            token, offset = secrets.token_hex(8), 0
+        else:
+            token, _, raw_offset = cursor.partition(":")
+            offset = int(raw_offset)
+        accounts = self._listing(token).accounts
+        page = accounts[offset:offset + page_size]
+        if offset + page_size < len(accounts):
+            return AccountPage(accounts=page, next_cursor=f"{token}:{offset + page_size}")
+        with self._listings_lock:
+            self._listings.pop(token, None)
+        return AccountPage(accounts=page, next_cursor=None)
+
+    def _fetch_members(self) -> list[TargetAccount]:
+        """Every mailbox under EXMAIL_DEPARTMENT_ID, sub-departments included, once each, ordered by address."""
+        try:
+            body = self._call("GET", "/cgi-bin/user/list",
+                              params={"department_id": settings.EXMAIL_DEPARTMENT_ID, "fetch_child": 1})
+        except TargetError as e:
+            raise listing_failure(e) from e
+        errcode = _errcode(body)
+        if errcode != OK:
+            raise ListingFailed(str(body.get("errcode", errcode)), str(body.get("errmsg", "")))
+        members = {}
+        # A member of two departments may come twice with fetch_child: one account per address.
+        for user in body.get("userlist") or []:
+            if isinstance(user, dict) and user.get("userid"):
+                members.setdefault(str(user["userid"]).casefold(), user)
+        return [target_account(members[address]) for address in sorted(members)]
+
+    def _listing(self, token: str) -> _Listing:
+        """The listing's member list: kept from its first page, fetched again if it is gone."""
+        now = time.monotonic()
+        with self._listings_lock:
+            for idle in [t for t, kept in self._listings.items() if now - kept.read_at > LISTING_IDLE_SECONDS]:
+                del self._listings[idle]
+            listing = self._listings.get(token)
+            if listing is not None:
+                listing.read_at = now
+                return listing
+        listing = _Listing(self._fetch_members(), time.monotonic())
+        with self._listings_lock:
+            while len(self._listings) >= MAX_LISTINGS:
+                del self._listings[min(self._listings, key=lambda t: self._listings[t].read_at)]
+            self._listings[token] = listing
+        return listing

@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 
 from config.logging import RedactingFilter, mask_phones, redact
 
-from .base import Outcome, PersonSnapshot
+from .base import ListingFailed, Outcome, PersonSnapshot
 from .pacing import pace, pause
 
 logger = logging.getLogger("syncservice.backends.http")
@@ -55,6 +55,18 @@ def national_mobile(phone: str) -> str:
     if len(digits) == 13 and digits.startswith("86"):
         return digits[2:]
     return digits
+
+
+def service_mobile(phone: str) -> str:
+    """A number a target holds, in the form the service stores: 11 digits for a mainland mobile (+86-138…,
+    86138… → 138…), +<digits> for an international one (+44-20… → +4420…), so that it compares with ours."""
+    phone = (phone or "").strip()
+    digits = re.sub(r"\D", "", phone)
+    if not digits:
+        return ""
+    if phone.startswith("+"):
+        return digits[2:] if digits.startswith("86") else f"+{digits}"
+    return national_mobile(digits)
 
 
 def same_mobile(a: str, b: str) -> bool:
@@ -249,6 +261,12 @@ def json_object(response: requests.Response, system: str) -> dict:
             "bad_response", f"{system} answered HTTP {response.status_code} without a JSON object: "
                             f"{body_excerpt(response)[:200]}"))
     return body
+
+
+def listing_failure(error: TargetError) -> ListingFailed:
+    """What a listing raises for a call that gave no usable answer: the outcome's code and message, verbatim."""
+    outcome = error.outcome
+    return ListingFailed(outcome.code, outcome.message, retry_after=outcome.retry_after)
 
 
 def log_vendor_answer(system: str, operation: str, person: PersonSnapshot, code, message: str) -> None:

@@ -6,7 +6,8 @@ LOCAL_BACKEND_TRANSIENT_FAILURES_PER_ACCOUNT (fail the first N calls of every ta
 LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN (employee numbers matching this regex fail for good),
 LOCAL_BACKEND_FAILURE_SYSTEMS (restrict injected failures to these systems), LOCAL_WELINK_ASYNC
 (WeLink answers "in progress" for LOCAL_WELINK_ASYNC_POLLS calls first, like the real one, to a create and to a
-change) and LOCAL_HR_PERSONS_FILE.
+change) and LOCAL_HR_PERSONS_FILE. Every local backend can list its rows for reconciliation (keyset on id),
+the WeLink one too, unlike the real WeLink.
 """
 
 import datetime as dt
@@ -23,10 +24,22 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..models import LocalTargetAccount
-from .base import AccountChange, HrPage, HrSourceBackend, Outcome, PersonSnapshot, TargetBackend
+from .base import (
+    AccountChange,
+    AccountPage,
+    HrPage,
+    HrSourceBackend,
+    Outcome,
+    PersonSnapshot,
+    TargetAccount,
+    TargetBackend,
+)
 
 
 class LocalBackend(TargetBackend):
+    # Whether the target holds a department the service manages; the mailbox's row keeps one, Exmail does not.
+    holds_department = True
+
     def _inject(self, person: PersonSnapshot, state: dict) -> Outcome | None:
         latency = getattr(settings, "LOCAL_BACKEND_LATENCY_MS", 0)
         if latency:
@@ -83,6 +96,27 @@ class LocalBackend(TargetBackend):
             return Outcome.permanent("account_missing", f"no local {self.system} account {change.external_id}")
         return Outcome.applied(change.external_id, message=f"{change.operation} applied")
 
+    def list_accounts(self, *, cursor: str | None, page_size: int) -> AccountPage:
+        """Keyset on id, one query a page: one row more than the page tells whether another page follows."""
+        rows = LocalTargetAccount.objects.filter(system=self.system).order_by("id")
+        if cursor is not None:
+            rows = rows.filter(id__gt=int(cursor))
+        rows = list(rows[:page_size + 1])
+        page, more = rows[:page_size], len(rows) > page_size
+        return AccountPage(accounts=[self._account(row) for row in page],
+                           next_cursor=str(page[-1].id) if more else None)
+
+    def lookup_accounts(self, keys: list[str]) -> list[TargetAccount]:
+        rows = LocalTargetAccount.objects.filter(system=self.system, employee_number__in=set(keys)).order_by("id")
+        return [self._account(row) for row in rows]
+
+    def _account(self, row: LocalTargetAccount) -> TargetAccount:
+        return TargetAccount(
+            external_id=row.external_id, key=row.employee_number, email=row.email, full_name=row.full_name,
+            phone_number=row.mobile, department_code=row.department_code if self.holds_department else None,
+            active=row.active,
+        )
+
 
 class LocalIdaasBackend(LocalBackend):
     system = "idaas"
@@ -90,6 +124,7 @@ class LocalIdaasBackend(LocalBackend):
 
 class LocalMailboxBackend(LocalBackend):
     system = "email"
+    holds_department = False
 
 
 class LocalWelinkBackend(LocalBackend):

@@ -3,6 +3,7 @@
 Settings: IDAAS_SCIM_URL (the base URL, the one that ends before /Users) and IDAAS_SCIM_TOKEN (a static
 bearer token, from the environment). The account's external id is the SCIM `id` the server assigned.
 A change is a PATCH of `replace` operations (RFC 7644 §3.5.2); a server without PATCH gets GET + PUT.
+Reconciliation reads every user by index paging, `GET /Users?startIndex=&count=` (RFC 7644 §3.4.2.4).
 """
 
 import json
@@ -10,8 +11,28 @@ from urllib.parse import quote
 
 from django.conf import settings
 
-from .base import CHANGE_FIELDS, AccountChange, Operation, Outcome, PersonSnapshot, TargetBackend
-from .http import HttpClient, TargetError, body_excerpt, json_object, log_vendor_answer, record_belongs_to, safe_json
+from .base import (
+    CHANGE_FIELDS,
+    AccountChange,
+    AccountPage,
+    ListingFailed,
+    Operation,
+    Outcome,
+    PersonSnapshot,
+    TargetAccount,
+    TargetBackend,
+)
+from .http import (
+    HttpClient,
+    TargetError,
+    body_excerpt,
+    json_object,
+    listing_failure,
+    log_vendor_answer,
+    record_belongs_to,
+    safe_json,
+    service_mobile,
+)
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -74,6 +95,25 @@ def filter_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def target_account(user: dict) -> TargetAccount:
+    """A SCIM user as reconciliation compares it: the primary email (else the first), the first phone."""
+    emails = [e for e in user.get("emails") or [] if isinstance(e, dict) and e.get("value")]
+    email = next((e for e in emails if e.get("primary") is True), emails[0] if emails else {})
+    phones = [p for p in user.get("phoneNumbers") or [] if isinstance(p, dict) and p.get("value")]
+    name = user.get("name") if isinstance(user.get("name"), dict) else {}
+    enterprise = user.get(ENTERPRISE_SCHEMA) if isinstance(user.get(ENTERPRISE_SCHEMA), dict) else {}
+    return TargetAccount(
+        external_id=str(user.get("id") or ""),
+        key=str(user.get("userName") or ""),
+        email=str(email.get("value") or ""),
+        full_name=str(user.get("displayName") or name.get("formatted") or ""),
+        phone_number=service_mobile(str(phones[0]["value"])) if phones else "",
+        department_code=str(enterprise.get("department") or ""),
+        # RFC 7643 leaves `active` optional: a user without it is not reported as disabled.
+        active=user.get("active") not in (False, "false", "False"),
+    )
+
+
 class ScimIdaasBackend(TargetBackend):
     system = "idaas"
 
@@ -99,6 +139,37 @@ class ScimIdaasBackend(TargetBackend):
             return self._create(person)
         except TargetError as e:
             return e.outcome
+
+    def list_accounts(self, *, cursor: str | None, page_size: int) -> AccountPage:
+        """One page from `startIndex` (1-based; the cursor is the next one). The server may answer fewer
+        users than `count`: the next page starts after those it sent. Index paging is not a snapshot: a
+        user created or deleted between pages shifts the rest by one (reconciliation reads again next run)."""
+        start = int(cursor) if cursor is not None else 1
+        try:
+            response = self.http.request("GET", "/Users", headers=self._headers(),
+                                         params={"startIndex": start, "count": page_size})
+        except TargetError as e:
+            raise listing_failure(e) from e
+        if response.status_code != 200:
+            scim_type, detail = scim_error(safe_json(response))
+            raise ListingFailed(scim_type or f"http_{response.status_code}", detail or body_excerpt(response))
+        try:
+            body = json_object(response, self.system)
+        except TargetError as e:
+            raise listing_failure(e) from e
+        resources = body.get("Resources") or []
+        answered_start = body.get("startIndex")
+        if resources and answered_start is not None and str(answered_start) != str(start):
+            # A server that ignores startIndex would hand out its first page forever.
+            raise ListingFailed("bad_paging", f"asked for startIndex {start}, SCIM answered {answered_start}")
+        next_start = start + len(resources)
+        try:
+            total = int(body.get("totalResults"))
+        except (TypeError, ValueError):
+            total = None   # without a total, the empty page after the last one ends the listing
+        done = not resources or (total is not None and next_start > total)
+        return AccountPage(accounts=[target_account(u) for u in resources if isinstance(u, dict)],
+                           next_cursor=None if done else str(next_start))
 
     def _find(self, person: PersonSnapshot) -> dict | None:
         response = self.http.request(

@@ -6,21 +6,25 @@ The user is keyed by corpUserId = employee number. A call either finds the accou
 (in progress, ``state["submitted"]``), or polls a submitted job until 47109 (created). The external id is
 WeLink's own userId when the lookup reports one, else the corpUserId. A change (update, disable, enable)
 is the same upsert with every current value and ``valid`` "1" or "0", polled the same way.
+WeLink lists users only department by department, so reconciliation does not list it (``can_list`` False):
+it looks its own persons up one corpUserId at a time, and cannot see orphans (docs/backends.md).
 """
 
 from django.conf import settings
 
-from .base import AccountChange, Outcome, PersonSnapshot, TargetBackend
+from .base import AccountChange, ListingFailed, Outcome, PersonSnapshot, TargetAccount, TargetBackend
 from .http import (
     DEFAULT_RETRY_AFTER_SECONDS,
     HttpClient,
     TargetError,
     TokenCache,
     json_object,
+    listing_failure,
     log_vendor_answer,
     national_mobile,
     parse_retry_after,
     record_belongs_to,
+    service_mobile,
 )
 
 DEFAULT_URL = "https://open.welink.huaweicloud.com"
@@ -61,8 +65,34 @@ def holds_values(record: dict, person: PersonSnapshot) -> bool:
             and str(record.get("corpDeptCode", "")) == person.department_code)
 
 
+def target_account(record: dict) -> TargetAccount:
+    """A looked-up user as reconciliation compares it: open is userStatus "3" with valid "1" (a lookup
+    without `valid` is taken as valid), the mobile without WeLink's +86-."""
+    corp_user_id = str(record.get("corpUserId") or "")
+    return TargetAccount(
+        external_id=str(record.get("userId") or corp_user_id), key=corp_user_id,
+        email=str(record.get("userEmail") or ""), full_name=str(record.get("userNameCn") or ""),
+        phone_number=service_mobile(str(record.get("mobileNumber") or "")),
+        department_code=str(record.get("corpDeptCode") or ""),
+        active=str(record.get("userStatus", "")) == OPEN_STATUS and str(record.get("valid", "1")) == "1",
+    )
+
+
+def record_of(body: dict, corp_user_id: str) -> dict | None:
+    """The lookup's record of this corpUserId: in `data` (an object or a one-element list) or at the top level."""
+    data = body.get("data")
+    candidates = data if isinstance(data, list) else [data] if isinstance(data, dict) else [body]
+    for record in candidates:
+        if isinstance(record, dict) and str(record.get("corpUserId", "")) == corp_user_id:
+            return record
+    return None
+
+
 class WelinkBackend(TargetBackend):
     system = "welink"
+    # The open API lists users per department only (user/users?deptCode=, 50 a page), with no call for the
+    # whole tenant and no documented rule for sub-departments: a listing could not promise every account.
+    can_list = False
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -122,13 +152,7 @@ class WelinkBackend(TargetBackend):
         if code != OK:
             log_vendor_answer(self.system, "lookup", person, code, body.get("message", ""))
             raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
-        # The record comes as `data` (an object or a one-element list) or at the top level.
-        data = body.get("data")
-        candidates = data if isinstance(data, list) else [data] if isinstance(data, dict) else [body]
-        for record in candidates:
-            if isinstance(record, dict) and str(record.get("corpUserId", "")) == person.employee_number:
-                return record
-        return None
+        return record_of(body, person.employee_number)
 
     def _poll(self, person: PersonSnapshot) -> tuple[str, str]:
         body = self._call("POST", STATUS_PATH, json={"personInfo": [{"corpUserId": person.employee_number}]})
@@ -290,3 +314,23 @@ class WelinkBackend(TargetBackend):
         if record is None or (str(record.get("userStatus", "")) == OPEN_STATUS) != change.active:
             return False
         return accepted or holds_values(record, person)
+
+    # --- Reading the accounts (reconciliation) -------------------------------------------------
+
+    def lookup_accounts(self, keys: list[str]) -> list[TargetAccount]:
+        """One lookup per employee number, paced like every call; a not-found code means no account."""
+        accounts = []
+        for key in dict.fromkeys(k for k in keys if k):
+            try:
+                body = self._call("GET", USERS_PATH, params={"corpUserId": key})
+            except TargetError as e:
+                raise listing_failure(e) from e
+            code = str(body.get("code", OK))
+            if code in NOT_FOUND_CODES:
+                continue
+            if code != OK:
+                raise ListingFailed(code, str(body.get("message", "")))
+            record = record_of(body, key)
+            if record is not None:
+                accounts.append(target_account(record))
+        return accounts

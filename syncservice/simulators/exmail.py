@@ -2,7 +2,9 @@
 
 Endpoints: GET /cgi-bin/gettoken?corpid&corpsecret, GET /cgi-bin/user/get?access_token&userid,
 POST /cgi-bin/user/create?access_token, POST /cgi-bin/user/update?access_token (changes the fields it is
-given; 60111 for an unknown userid). Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
+given; 60111 for an unknown userid), GET /cgi-bin/user/list?access_token&department_id&fetch_child (the
+members of a department, of its sub-departments too with fetch_child=1, in one answer, `enable` as a
+string as documented). Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
 """
 
 import re
@@ -23,12 +25,15 @@ def _answer(errcode: int, errmsg: str, **fields) -> Response:
 class ExmailSimulator(SimulatorApp):
     def __init__(self, *, corp_id: str = "exmail-corp", corp_secret: str = "exmail-secret",
                  token_lifetime: float = 7200, announced_expires_in: float | None = None,
-                 departments=(1,), rate_limit_per_second: int = 0):
+                 departments=(1,), department_parents: dict | None = None, rate_limit_per_second: int = 0):
         super().__init__()
         self.corp_id = corp_id
         self.corp_secret = corp_secret
         self.tokens = TokenIssuer(token_lifetime, announced_expires_in)
         self.departments = set(departments)
+        # department id → parent id; a department without an entry hangs off the root (1)
+        self.department_parents = dict(department_parents or {})
+        self.departments |= set(self.department_parents)
         self.rate_limit = CallRateLimit(rate_limit_per_second)
         self.users: dict[str, dict] = {}     # lower-cased address → user
         self.created: dict[str, int] = {}    # lower-cased address → user/create calls that created it
@@ -54,7 +59,7 @@ class ExmailSimulator(SimulatorApp):
         if request.path == "/cgi-bin/gettoken" and request.method == "GET":
             return self._gettoken(request)
         routes = {("GET", "/cgi-bin/user/get"): self._get, ("POST", "/cgi-bin/user/create"): self._create,
-                  ("POST", "/cgi-bin/user/update"): self._update}
+                  ("POST", "/cgi-bin/user/update"): self._update, ("GET", "/cgi-bin/user/list"): self._list}
         route = routes.get((request.method, request.path))
         if route is None:
             return Response(404, {"errcode": 404, "errmsg": "not found"})
@@ -139,6 +144,31 @@ class ExmailSimulator(SimulatorApp):
                 user[key] = mobile if key == "mobile" else body[key]
         self.updated[user["userid"].lower()] = self.updated.get(user["userid"].lower(), 0) + 1
         return _answer(0, "updated")
+
+    def _list(self, request: Request) -> Response:
+        try:
+            department = int(request.query.get("department_id", ""))
+        except ValueError:
+            return _answer(40058, "invalid department_id")
+        if department not in self.departments:
+            return _answer(60003, "department not found")
+        wanted = self._descendants(department) if request.query.get("fetch_child") == "1" else {department}
+        # A member of several wanted departments comes once per department, as a recursive listing may.
+        members = [{**{k: user[k] for k in USER_FIELDS}, "enable": str(user["enable"])}
+                   for user in self.users.values() for d in user["department"] if d in wanted]
+        return _answer(0, "ok", userlist=members)
+
+    def _descendants(self, department: int) -> set:
+        """The department and every department below it."""
+        found = {department}
+        while True:
+            more = {d for d in self.departments if d not in found and self._parent(d) in found}
+            if not more:
+                return found
+            found |= more
+
+    def _parent(self, department: int):
+        return None if department == 1 else self.department_parents.get(department, 1)
 
     @staticmethod
     def _strong(password: str) -> bool:

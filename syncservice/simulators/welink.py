@@ -62,11 +62,11 @@ class WelinkSimulator(SimulatorApp):
     # --- Test controls ---------------------------------------------------------------------------
 
     def add_user(self, corp_user_id: str, *, name: str, mobile: str, email: str = "", status: str = "3",
-                 user_id: str | None = None) -> dict:
+                 user_id: str | None = None, department: str = "", valid: str = "1") -> dict:
         """A user that exists before the service calls (someone else's, or ours from an earlier run)."""
         record = {"corpUserId": corp_user_id, "userId": user_id or f"wl_{uuid.uuid4().hex[:12]}",
-                  "userNameCn": name, "mobileNumber": mobile, "userEmail": email, "corpDeptCode": "",
-                  "userStatus": status, "valid": "1"}
+                  "userNameCn": name, "mobileNumber": mobile, "userEmail": email, "corpDeptCode": department,
+                  "userStatus": status, "valid": valid}
         with self.lock:
             self.users[corp_user_id] = record
         return record

@@ -210,3 +210,31 @@ def scim_without_patch(backend_settings, scim_without_patch_server_url):
     backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
     yield Scim(scim_without_patch_server_url, server.app)
     proxy.stop(server)
+
+
+# A service provider whose searches answer at most two users a page, whatever `count` asks (RFC 7644 §3.4.2.4
+# lets a server return fewer): maxResults bounds the count in scim2-server.
+SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES = {
+    **SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH,
+    "patch": {"supported": True},
+    "filter": {"supported": True, "maxResults": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def scim_small_pages_server_url(tmp_path_factory):
+    """A third real scim2-server, one that answers pages of at most two users."""
+    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
+    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES))
+    yield from _scim2_server("--service-provider-config", str(config))
+
+
+@pytest.fixture
+def scim_small_pages(backend_settings, scim_small_pages_server_url):
+    """The IDaaS backend pointed, through the proxy, at the scim2-server with pages of two."""
+    server, url = proxy.start(upstream=scim_small_pages_server_url)
+    backend_settings.IDAAS_BACKEND = "scim"
+    backend_settings.IDAAS_SCIM_URL = url
+    backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
+    yield Scim(scim_small_pages_server_url, server.app)
+    proxy.stop(server)
