@@ -67,9 +67,13 @@ $(BENCH_PEER_VENV)/.installed: bench/requirements.txt
 	$(BENCH_PEER_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	touch $@
 
-.PHONY: bench bench-large
+.PHONY: bench bench-large bench-reconcile
 bench: install $(BENCH_PEER_VENV)/.installed
 	$(PY) -m bench.run
+
+# Reconciliation of 10,000 and 100,000 local accounts: time, and peak RSS side by side (about a minute).
+bench-reconcile: install
+	$(PY) -m bench.reconcile
 
 bench-large: install $(BENCH_PEER_VENV)/.installed
 	$(PY) -m bench.run --large

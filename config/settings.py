@@ -351,12 +351,24 @@ STAGE_INTERVAL_MINUTES = env_int("STAGE_INTERVAL_MINUTES", 5)
 # Finished requests are kept this long, then deleted by purge_account_requests (daily at PURGE_SCHEDULE).
 REQUEST_RETENTION_DAYS = env_int("REQUEST_RETENTION_DAYS", 30)
 PURGE_SCHEDULE = os.environ.get("PURGE_SCHEDULE", "30 3 * * *")
+# Reconciliation (reconcile_accounts), daily at RECONCILE_SCHEDULE: the targets read RECONCILE_PAGE_SIZE
+# accounts at a time. A run repairs at most RECONCILE_MAX_REPAIRS accounts per system (a number, or a
+# percentage of the system's accounts) unless forced. An account at a target is in our key space, and an
+# orphan when we do not know it, when its employee number matches RECONCILE_EMPLOYEE_NUMBER_PATTERN or its
+# address is at EMAIL_DOMAIN.
+RECONCILE_SCHEDULE = os.environ.get("RECONCILE_SCHEDULE", "0 2 * * *")
+RECONCILE_PAGE_SIZE = env_int("RECONCILE_PAGE_SIZE", 500)
+RECONCILE_MAX_REPAIRS = os.environ.get("RECONCILE_MAX_REPAIRS", "5%")
+RECONCILE_REPAIR = env_bool("RECONCILE_REPAIR", False)  # whether the scheduled run repairs, or only reports
+RECONCILE_EMPLOYEE_NUMBER_PATTERN = os.environ.get("RECONCILE_EMPLOYEE_NUMBER_PATTERN",
+                                                   r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SCHEDULER_INTERVAL_SECONDS = env_int("SCHEDULER_INTERVAL_SECONDS", STAGE_INTERVAL_MINUTES * 60)
 CRONJOBS = [
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.sync_hr_persons"),
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.create_account_tasks"),
     (f"*/{STAGE_INTERVAL_MINUTES} * * * *", "taskmanagement.cron.process_account_creation_tasks"),
     (PURGE_SCHEDULE, "taskmanagement.cron.purge_account_requests"),
+    (RECONCILE_SCHEDULE, "taskmanagement.cron.reconcile_accounts"),
 ]
 # Cron runs with an empty environment: CRONTAB_COMMAND_PREFIX can load one, e.g. "set -a; . /etc/aps.env;".
 CRONTAB_COMMAND_PREFIX = os.environ.get("CRONTAB_COMMAND_PREFIX", "")

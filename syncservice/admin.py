@@ -24,12 +24,15 @@ from .models import (
     HrPerson,
     HrSyncState,
     Notification,
+    ReconciliationFinding,
+    ReconciliationRun,
     System,
     TaskAttempt,
 )
 from .services.clients import api_client_set_active
 from .services.lifecycle import items_retry, request_cancel, request_retry, tasks_retry
 from .services.notifications import notifications_resend
+from .services.reconciliation import orphans_link
 
 
 class AuditedActionsMixin:
@@ -280,8 +283,22 @@ class AccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ("system", "status", "enabled", "change_status")
     search_fields = ("person__employee_number", "external_id")
     list_select_related = ("person",)
-    readonly_fields = [f.name for f in Account._meta.fields]
+    readonly_fields = [f.name for f in Account._meta.fields] + ["history"]
     inlines = [AccountEventInline]
+
+    @admin.display(description="账号历史（创建与变更）")
+    def history(self, obj):
+        rows = [(timezone.localtime(entry["at"]).strftime("%Y-%m-%d %H:%M:%S"),
+                 AccountCreationTask.Operation(entry["operation"]).label,
+                 "、".join(entry["fields"]) or "—", "成功" if entry["result"] == "succeeded" else "失败",
+                 entry["code"] or "—", mask_phones(entry["message"]) or "—")
+                for entry in selectors.account_history(obj)]
+        if not rows:
+            return "—"
+        return format_html("<table><tr><th>时间</th><th>操作</th><th>字段</th><th>结果</th><th>目标系统代码</th>"
+                           "<th>目标系统信息</th></tr>{}</table>",
+                           format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                                                "<td>{}</td></tr>", rows))
 
 
 class AttemptInline(admin.TabularInline):
@@ -371,3 +388,33 @@ class NotificationAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
             for notification in failed:
                 self.audit(request, notification, Action.NOTIFICATION_RESEND)
         self.message_user(request, f"已将 {count} 条失败的通知重新排队发送。")
+
+
+@admin.register(ReconciliationRun)
+class ReconciliationRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "status", "mode", "repair", "force", "started_at", "finished_at", "counts", "note")
+    list_filter = ("status", "mode", "repair")
+    readonly_fields = [f.name for f in ReconciliationRun._meta.fields]
+    ordering = ("-started_at",)
+
+
+@admin.register(ReconciliationFinding)
+class ReconciliationFindingAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("run", "system", "employee_number", "kind", "field", "ours", "theirs", "external_id", "repair")
+    list_filter = ("run", "system", "kind", "repair")
+    search_fields = ("employee_number", "external_id")
+    readonly_fields = [f.name for f in ReconciliationFinding._meta.fields]
+    actions = ["link_orphans"]
+
+    @admin.action(description="将所选目标系统多出的账号关联到我方人员")
+    def link_orphans(self, request, queryset):
+        with transaction.atomic():
+            chosen = list(queryset.filter(kind=ReconciliationFinding.Kind.ORPHAN).exclude(
+                repair=ReconciliationFinding.Repair.OPENED))
+            linked = orphans_link(chosen)
+            for finding in chosen:
+                finding.refresh_from_db()
+                if finding.repair == ReconciliationFinding.Repair.OPENED:
+                    self.audit(request, finding, Action.ORPHAN_LINK)
+        self.message_user(request, f"已关联 {linked} 个账号；"
+                                   "其余所选项无法关联（无对应人员、我方已有账号或仍有任务）。")

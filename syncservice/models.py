@@ -404,9 +404,11 @@ class AccountEvent(models.Model):
         SUCCEEDED = "succeeded", "成功"
         FAILED = "failed", "失败"
 
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="events", verbose_name="账号")
+    # Written with every batch of results: no index but the (account, created_at) one the history reads.
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="events", verbose_name="账号",
+                                db_index=False)
     task = models.ForeignKey(AccountCreationTask, on_delete=models.SET_NULL, null=True, blank=True,
-                             related_name="+", verbose_name="任务")
+                             related_name="+", verbose_name="任务", db_index=False)
     operation = models.CharField("操作", max_length=16, choices=AccountCreationTask.Operation.choices)
     fields = models.JSONField("变更字段", default=list, blank=True)
     result = models.CharField("结果", max_length=16, choices=Result.choices)
@@ -552,6 +554,7 @@ class AuditEntry(models.Model):
         CLIENT_CHANGE = "client.change", "修改客户端"
         CLIENT_DISABLE = "client.disable", "停用客户端"
         CLIENT_ENABLE = "client.enable", "启用客户端"
+        ORPHAN_LINK = "reconciliation.link", "关联对账发现的账号"
 
     created_at = models.DateTimeField("时间", auto_now_add=True)
     actor_type = models.CharField("操作者类型", max_length=16, choices=ActorType.choices)
@@ -592,3 +595,93 @@ class AuditEntry(models.Model):
         if not self._state.adding:
             raise ValueError("An audit entry is never changed once written.")
         super().save(*args, **kwargs)
+
+
+class ReconciliationRun(models.Model):
+    """One comparison of our records with what the targets hold (reconcile_accounts), and its repairs."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "运行中"
+        COMPLETED = "completed", "已完成"
+        FAILED = "failed", "失败"
+
+    class Mode(models.TextChoices):
+        RUN = "run", "运行"
+        DRY_RUN = "dry_run", "试运行"
+
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.RUNNING)
+    mode = models.CharField("模式", max_length=16, choices=Mode.choices, default=Mode.RUN)
+    repair = models.BooleanField("修复", default=False)
+    force = models.BooleanField("越过修复上限", default=False)
+    systems = models.JSONField("系统", default=list)
+    started_at = models.DateTimeField("开始时间", default=timezone.now)
+    finished_at = models.DateTimeField("结束时间", null=True, blank=True)
+    counts = models.JSONField("发现统计", default=dict, blank=True, help_text="Findings per kind.")
+    # Per system: target accounts read, ours compared, whether orphans could be checked, where it stopped.
+    compared = models.JSONField("比对情况", default=dict, blank=True)
+    # Per system: repairs planned and opened, the guard's limit, whether the guard held them back.
+    repairs = models.JSONField("修复情况", default=dict, blank=True)
+    note = models.TextField("说明", blank=True, default="")
+    triggered_by = models.CharField("触发者", max_length=128, blank=True, default="")
+
+    class Meta:
+        verbose_name = "对账运行"
+        verbose_name_plural = "对账运行"
+        ordering = ("-started_at", "-id")
+
+    def __str__(self):
+        return f"reconciliation {self.pk} {self.started_at:%Y-%m-%d %H:%M}: {self.status}"
+
+
+class ReconciliationFinding(models.Model):
+    """One difference a reconciliation found: missing, orphan, drift (a field) or duplicate."""
+
+    class Kind(models.TextChoices):
+        MISSING = "missing", "目标系统缺失"
+        ORPHAN = "orphan", "目标系统多出"
+        DRIFT = "drift", "字段不一致"
+        DUPLICATE = "duplicate", "重复账号"
+
+    class Repair(models.TextChoices):
+        NONE = "", "不修复"
+        PLANNED = "planned", "待修复"
+        OPENED = "opened", "已发起修复"
+        HELD = "held", "超出修复上限"
+        REPORT_ONLY = "report_only", "仅报告"
+
+    run = models.ForeignKey(ReconciliationRun, on_delete=models.CASCADE, related_name="findings",
+                            verbose_name="对账运行")
+    system = models.CharField("系统", max_length=16, choices=System.choices)
+    employee_number = models.CharField("员工编号", max_length=64, blank=True, default="")
+    kind = models.CharField("类型", max_length=16, choices=Kind.choices)
+    field = models.CharField("字段", max_length=32, blank=True, default="")
+    ours = models.TextField("我方记录", blank=True, default="")
+    theirs = models.TextField("目标系统", blank=True, default="")
+    external_id = models.CharField("目标系统ID", max_length=255, blank=True, default="")
+    repair = models.CharField("修复", max_length=16, choices=Repair.choices, blank=True, default=Repair.NONE)
+    account = models.ForeignKey(Account, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+                                verbose_name="账号")
+
+    class Meta:
+        verbose_name = "对账发现"
+        verbose_name_plural = "对账发现"
+        indexes = [models.Index(fields=["run", "system", "kind"], name="finding_run_system_kind")]
+
+    def __str__(self):
+        return f"{self.system} {self.employee_number} {self.kind} {self.field}".strip()
+
+
+class ReconciliationSeen(models.Model):
+    """Scratch rows of a running reconciliation: the keys a target holds, so that missing accounts and
+    duplicates are found in the database rather than in memory. Deleted when the run ends."""
+
+    run = models.ForeignKey(ReconciliationRun, on_delete=models.CASCADE, related_name="+")
+    system = models.CharField(max_length=16)
+    key = models.CharField(max_length=64)
+    external_id = models.CharField(max_length=255)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "system", "key"], name="seen_run_system_key")]
+
+    def __str__(self):
+        return f"{self.system}:{self.key}"

@@ -68,7 +68,7 @@ def account_document_state(account: Account | None) -> str:
         return Account.Status.NOT_CREATED
     state = account_state(account.status, account.change_status, (account.applied or {}).get("active", True),
                           account.enabled)
-    if state == "created" and (account.last_change or {}).get("linked"):
+    if state == "created" and (account.applied or {}).get("linked"):
         return "linked"
     return state
 
@@ -275,3 +275,20 @@ def item_counts_by_request(*, request_ids: Iterable[int]) -> dict[int, dict[str,
     for request_id, completed, failed, cancelled in rows:
         counts[request_id] = {"completed": completed, "failed": failed, "cancelled": cancelled}
     return counts
+
+
+def account_history(account: Account) -> list[dict]:
+    """What happened to an account at its target, oldest first: its creation (the create tasks' final calls,
+    from the attempt log) and every change after it (AccountEvent), each with the target's code."""
+    Task = AccountCreationTask
+    final = [TaskAttempt.Outcome.CREATED, TaskAttempt.Outcome.LINKED, TaskAttempt.Outcome.PERMANENT]
+    creations = TaskAttempt.objects.filter(
+        task__person_id=account.person_id, task__system=account.system, task__operation=Task.Operation.CREATE,
+        outcome__in=final).order_by("started_at", "id")
+    entries = [{"at": a.started_at, "operation": Task.Operation.CREATE, "fields": [],
+                "result": "failed" if a.outcome == TaskAttempt.Outcome.PERMANENT else "succeeded",
+                "code": a.code, "message": a.message, "outcome": a.outcome} for a in creations]
+    entries += [{"at": e.created_at, "operation": e.operation, "fields": e.fields, "result": e.result,
+                 "code": e.code, "message": e.message, "outcome": ""}
+                for e in account.events.order_by("created_at", "id")]
+    return sorted(entries, key=lambda entry: entry["at"])

@@ -1,5 +1,6 @@
 """POST /task-management/<stage>/ runs a stage now; GET /task-management/runs/ lists stage runs."""
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -18,6 +19,7 @@ from syncservice.api.schema import (
 from syncservice.api.serializers import StrictSerializer, page_serializer
 from syncservice.audit import Action, audit_record
 from syncservice.errors import PayloadInvalid, ServiceError
+from syncservice.models import ReconciliationFinding, ReconciliationRun, System
 from syncservice.selectors import iso_utc
 from syncservice.validation import describe_key
 
@@ -162,3 +164,174 @@ class RunListView(APIView):
         paginator = Pagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response([run_document(run) for run in page])
+
+
+# --- Reconciliation --------------------------------------------------------------------------------------
+
+RECONCILE_FIELDS = {"mode", "repair", "systems", "force"}
+
+
+class ReconcileInputSerializer(StrictSerializer):
+    mode = serializers.ChoiceField(choices=["run", "dry_run"], help_text="run, or dry_run to compare and report only.")
+    repair = serializers.BooleanField(required=False, help_text="Open repairs for what is found (default false).")
+    systems = serializers.ListField(child=serializers.ChoiceField(choices=System.choices), required=False,
+                                    help_text="The systems to read (default: every system).")
+    force = serializers.BooleanField(required=False, help_text="Repair even past RECONCILE_MAX_REPAIRS.")
+
+
+def _reconcile_input(data) -> dict:
+    if not isinstance(data, dict):
+        raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
+    errors = [{"field": describe_key(key), "code": "unknown_field", "message": "Unknown field."}
+              for key in sorted(set(data) - RECONCILE_FIELDS)]
+    if data.get("mode") not in ("run", "dry_run"):
+        errors.append({"field": "mode", "code": "invalid_choice", "message": "Must be 'run' or 'dry_run'."})
+    for flag in ("repair", "force"):
+        if flag in data and not isinstance(data[flag], bool):
+            errors.append({"field": flag, "code": "invalid_type", "message": "Must be true or false."})
+    systems = data.get("systems")
+    if systems is not None:
+        if not isinstance(systems, list) or not systems:
+            errors.append({"field": "systems", "code": "invalid_type", "message": "Must be a non-empty list."})
+        else:
+            for index, system in enumerate(systems):
+                if system not in settings.PROVISIONING_SYSTEMS or systems.index(system) != index:
+                    errors.append({"field": f"systems[{index}]", "code": "invalid_choice",
+                                   "message": f"Must be one of: {', '.join(settings.PROVISIONING_SYSTEMS)}, "
+                                              "each at most once."})
+    if errors:
+        raise PayloadInvalid(f"The request has {len(errors)} invalid field(s).", errors=errors)
+    return {"dry_run": data["mode"] == "dry_run", "repair": data.get("repair", False),
+            "force": data.get("force", False), "systems": systems}
+
+
+class ReconcileAccountsView(APIView):
+    permission_classes = [IsOperatorOrStaff]
+
+    @extend_schema(operation_id="run_reconcile_accounts", summary="Run reconcile_accounts once, now",
+                   request=ReconcileInputSerializer, parameters=[RETRY_AFTER_HEADER],
+                   responses={200: RunSerializer, **error_responses(*BODY_ERRORS)},
+                   description="Compares every target's accounts with ours, synchronously, and answers with the "
+                               "stage run; its counts name the reconciliation (`reconciliation_id`). A run that "
+                               "fails answers 500 (`stage_failed`, with the `runId`).")
+    def post(self, request):
+        options = _reconcile_input(request.data)
+        try:
+            run = stage_run(stage=TaskRun.Stage.RECONCILE_ACCOUNTS, trigger=TaskRun.Trigger.API,
+                            triggered_by=principal_name(request.user), **options)
+        except Exception as exc:
+            last = TaskRun.objects.filter(stage=TaskRun.Stage.RECONCILE_ACCOUNTS).order_by("-id").first()
+            raise StageFailed(f"reconcile_accounts failed: {type(exc).__name__}: {exc}",
+                              extra={"runId": last.pk if last else None}) from exc
+        audit_record(actor=request.user, action=Action.STAGE_RUN, target=run,
+                     details={"dryRun": run.dry_run, "repair": options["repair"], "force": options["force"]})
+        return Response(run_document(run), status=status.HTTP_200_OK)
+
+
+def finding_document(finding: ReconciliationFinding) -> dict:
+    return {"system": finding.system, "employeeNumber": finding.employee_number or None, "kind": finding.kind,
+            "field": finding.field or None, "ours": finding.ours or None, "theirs": finding.theirs or None,
+            "externalId": finding.external_id or None, "repair": finding.repair or None}
+
+
+def reconciliation_document(run: ReconciliationRun) -> dict:
+    return {"id": run.pk, "status": run.status, "status_display": run.get_status_display(), "mode": run.mode,
+            "repair": run.repair, "force": run.force, "startedAt": iso_utc(run.started_at),
+            "finishedAt": iso_utc(run.finished_at), "systems": run.systems, "counts": run.counts,
+            "compared": run.compared, "repairs": run.repairs, "note": run.note or None}
+
+
+class FindingSerializer(StrictSerializer):
+    system = serializers.CharField()
+    employeeNumber = serializers.CharField(allow_null=True)
+    kind = serializers.ChoiceField(choices=ReconciliationFinding.Kind.choices)
+    field = serializers.CharField(allow_null=True, help_text="For a drift: email, full_name, phone_number, "
+                                                             "department_code or active.")
+    ours = serializers.CharField(allow_null=True)
+    theirs = serializers.CharField(allow_null=True)
+    externalId = serializers.CharField(allow_null=True)
+    repair = serializers.ChoiceField(choices=[c for c in ReconciliationFinding.Repair.values if c], allow_null=True)
+
+
+class ReconciliationSerializer(StrictSerializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=ReconciliationRun.Status.choices)
+    status_display = serializers.CharField()
+    mode = serializers.ChoiceField(choices=ReconciliationRun.Mode.choices)
+    repair = serializers.BooleanField()
+    force = serializers.BooleanField()
+    startedAt = serializers.DateTimeField()
+    finishedAt = serializers.DateTimeField(allow_null=True)
+    systems = serializers.ListField(child=serializers.CharField())
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Findings per kind.")
+    compared = serializers.JSONField(help_text="Per system: target accounts read, ours compared, whether orphans "
+                                               "could be checked, where a failed run stopped.")
+    repairs = serializers.JSONField(help_text="Per system: repairs planned and opened, the guard's limit, held.")
+    note = serializers.CharField(allow_null=True)
+
+
+FindingPageSerializer = page_serializer("FindingPageSerializer", FindingSerializer)
+
+
+class ReconciliationDetailSerializer(ReconciliationSerializer):
+    findings = FindingPageSerializer(help_text="One page of the findings (`page`, `page_size`).")
+
+
+ReconciliationPageSerializer = page_serializer("ReconciliationPageSerializer", ReconciliationSerializer)
+
+
+class ReconciliationListView(APIView):
+    permission_classes = [IsOperatorOrStaff]
+
+    @extend_schema(operation_id="list_reconciliations", summary="Reconciliation runs, newest first",
+                   parameters=[*page_parameters(), RETRY_AFTER_HEADER],
+                   responses={200: ReconciliationPageSerializer, **error_responses(400, 404)})
+    def get(self, request):
+        query = QueryParams(request)
+        query.integer("page", minimum=1, maximum=PAGE_MAX)
+        query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
+        query.check()
+        paginator = Pagination()
+        page = paginator.paginate_queryset(ReconciliationRun.objects.order_by("-started_at", "-id"), request,
+                                           view=self)
+        return paginator.get_paginated_response([reconciliation_document(run) for run in page])
+
+
+class ReconciliationDetailView(APIView):
+    permission_classes = [IsOperatorOrStaff]
+
+    @extend_schema(operation_id="get_reconciliation", summary="One reconciliation run and a page of its findings",
+                   parameters=[OpenApiParameter("run_id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                                                OpenApiParameter.PATH),
+                               OpenApiParameter("system", str, enum=list(System.values)),
+                               OpenApiParameter("kind", str, enum=ReconciliationFinding.Kind.values),
+                               *page_parameters(), RETRY_AFTER_HEADER],
+                   responses={200: ReconciliationDetailSerializer, **error_responses(400, 404)})
+    def get(self, request, run_id: str):
+        query = QueryParams(request)
+        system = query.choice("system", list(System.values))
+        kind = query.choice("kind", ReconciliationFinding.Kind.values)
+        query.integer("page", minimum=1, maximum=PAGE_MAX)
+        query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)
+        query.check()
+        run = ReconciliationRun.objects.filter(pk=int(run_id)).first() if run_id.isdigit() and \
+            len(run_id) < 19 else None
+        if run is None:
+            raise RunNotFound(f"No reconciliation {describe_key(run_id)!r}.")
+        findings = run.findings.order_by("system", "kind", "employee_number", "id")
+        if system:
+            findings = findings.filter(system=system)
+        if kind:
+            findings = findings.filter(kind=kind)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(findings, request, view=self)
+        document = reconciliation_document(run)
+        document["findings"] = paginator.get_paginated_response(
+            [finding_document(f) for f in page]).data
+        return Response(document)
+
+
+class RunNotFound(ServiceError):
+    code = "not_found"
+    status_code = 404
+    default_message = "Not found."

@@ -2,6 +2,8 @@
 
 import contextlib
 
+from django.conf import settings
+
 from .models import TaskRun
 from .services import stage_run
 
@@ -27,3 +29,10 @@ def process_account_creation_tasks():
 
 def purge_account_requests():
     _run(TaskRun.Stage.PURGE_ACCOUNT_REQUESTS)
+
+
+def reconcile_accounts():
+    """The daily comparison; repairs only when asked (RECONCILE_REPAIR), within RECONCILE_MAX_REPAIRS."""
+    with contextlib.suppress(Exception):
+        stage_run(stage=TaskRun.Stage.RECONCILE_ACCOUNTS, trigger=TaskRun.Trigger.CRON,
+                  repair=settings.RECONCILE_REPAIR)

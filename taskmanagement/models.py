@@ -9,6 +9,7 @@ class TaskRun(models.Model):
         CREATE_ACCOUNT_TASKS = "create_account_tasks", "账号任务创建"
         PROCESS_ACCOUNT_TASKS = "process_account_creation_tasks", "账号任务处理"
         PURGE_ACCOUNT_REQUESTS = "purge_account_requests", "过期请求清理"
+        RECONCILE_ACCOUNTS = "reconcile_accounts", "账号对账"
 
     class Trigger(models.TextChoices):
         CRON = "cron", "定时任务"

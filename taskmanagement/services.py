@@ -11,7 +11,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.logging import request_id_var
+from syncservice.models import ReconciliationRun
 from syncservice.services.provisioning import run_process_stage
+from syncservice.services.reconciliation import reconcile
 from syncservice.services.retention import purge_finished_requests
 from syncservice.services.sync import run_sync_stage
 from syncservice.services.tasks import run_task_creation_stage
@@ -106,12 +108,40 @@ def _describe_purge(c: dict, dry_run: bool) -> str:
             f"older than {c['older_than_days']} day(s)")
 
 
+class ReconciliationFailed(Exception):
+    """A reconciliation that could not finish: its run keeps what it compared and where it stopped."""
+
+
+def _run_reconcile(dry_run, limit, systems=None, repair=False, force=False, triggered_by="", **_):
+    run = reconcile(systems=systems, repair=repair, dry_run=dry_run, force=force, triggered_by=triggered_by)
+    if run.status == ReconciliationRun.Status.FAILED:
+        raise ReconciliationFailed(f"reconciliation {run.pk} failed: {run.note}")
+    opened = sum(r.get("opened", 0) for r in run.repairs.values())
+    held = sorted(system for system, r in run.repairs.items() if r.get("held"))
+    return {"reconciliation_id": run.pk, "findings": dict(run.counts),
+            "compared": {system: c["compared"] for system, c in run.compared.items()},
+            "repairs_opened": opened, "repairs_held": held}
+
+
+def _describe_reconcile(c: dict, dry_run: bool) -> str:
+    findings = ", ".join(f"{kind} {n}" for kind, n in sorted(c["findings"].items())) or "no findings"
+    compared = ", ".join(f"{system} {n}" for system, n in sorted(c["compared"].items()))
+    text = f"reconciliation {c['reconciliation_id']}: compared {compared}; {findings}"
+    if c["repairs_held"]:
+        text += f"; repairs held back by RECONCILE_MAX_REPAIRS in {', '.join(c['repairs_held'])} (use --force)"
+    elif c["repairs_opened"]:
+        text += f"; {c['repairs_opened']} repair(s) opened"
+    return text
+
+
 STAGES = {
     TaskRun.Stage.SYNC_HR_PERSONS: StageSpec(_run_sync, _describe_sync),
     TaskRun.Stage.CREATE_ACCOUNT_TASKS: StageSpec(_run_tasks, _describe_tasks),
     TaskRun.Stage.PROCESS_ACCOUNT_TASKS: StageSpec(_run_process, _describe_process),
     TaskRun.Stage.PURGE_ACCOUNT_REQUESTS: StageSpec(_run_purge, _describe_purge,
                                                     arguments=frozenset({"older_than_days"})),
+    TaskRun.Stage.RECONCILE_ACCOUNTS: StageSpec(_run_reconcile, _describe_reconcile,
+                                                arguments=frozenset({"reconciliation_id"})),
 }
 
 
@@ -139,6 +169,8 @@ def stage_run(*, stage: str, trigger: str, dry_run: bool = False, limit: int | N
     # Log lines of the run carry its id (nested in the API request's id when started through the API).
     parent = request_id_var.get()
     token = request_id_var.set(f"{parent}/{stage}#{run.pk}" if parent != "-" else f"{stage}#{run.pk}")
+    if stage == TaskRun.Stage.RECONCILE_ACCOUNTS:
+        options = {**options, "triggered_by": triggered_by}
     try:
         return _execute(run, spec, dry_run, limit, options)
     finally:

@@ -82,8 +82,8 @@ class Migration(migrations.Migration):
                 ('code', models.CharField(blank=True, default='', max_length=64, verbose_name='目标系统代码')),
                 ('message', models.TextField(blank=True, default='', verbose_name='目标系统信息')),
                 ('created_at', models.DateTimeField(verbose_name='时间')),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='syncservice.account', verbose_name='账号')),
-                ('task', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='syncservice.accountcreationtask', verbose_name='任务')),
+                ('account', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='events', to='syncservice.account', verbose_name='账号')),
+                ('task', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='syncservice.accountcreationtask', verbose_name='任务')),
             ],
             options={
                 'verbose_name': '账号历史',

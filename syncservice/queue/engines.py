@@ -169,6 +169,8 @@ class PostgresEngine(Engine):
 
 
 def _json(value):
+    if value == "{}":
+        return {}  # most jobs' state columns: not worth the decoder
     return json.loads(value) if isinstance(value, str) else value
 
 

@@ -14,13 +14,15 @@ ran is seen by one or the other, never by neither).
 """
 
 import datetime as dt
+import json
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
 from ..backends.base import CHANGE_FIELDS, Operation
-from ..db.bulk import bulk_insert_rows, update_from_arrays
+from ..db.bulk import bulk_insert_rows, id_array, update_from_arrays
 from ..db.locking import require_transaction, wait_locked
 from ..models import Account, AccountCreationTask, AccountEvent, HrPerson, System
 from ..queue.outcomes import Settled, Verdict
@@ -167,23 +169,58 @@ def record_change_results(settled: list[Settled], now: dt.datetime) -> set[int]:
 
 
 def record_events(settled: list[Settled], now: dt.datetime) -> None:
-    """An AccountEvent per task that ended: the account's history, with the target's code."""
-    ended = [s for s in settled if s.verdict in (Verdict.SUCCEEDED, Verdict.FAILED)]
+    """An AccountEvent per change (update, disable, enable) that ended: the account's history after its
+    creation, with the target's code. (The creation itself is the create task's attempt log, already
+    written for every batch: the history shows it from there.) On PostgreSQL one INSERT … SELECT that finds
+    each account by its (person, system) itself."""
+    ended = [s for s in settled if s.verdict in (Verdict.SUCCEEDED, Verdict.FAILED)
+             and s.result.job.operation != Task.Operation.CREATE]
     if not ended:
         return
-    accounts = {(person, system): pk for pk, person, system in Account.objects.filter(
-        person_id__in={s.result.job.person_id for s in ended}).values_list("id", "person_id", "system")}
-    events = []
+    rows = []
     for s in ended:
-        task = s.result.job
-        account_id = accounts.get((task.person_id, task.system))
-        if account_id is None:
-            continue
-        succeeded = s.verdict == Verdict.SUCCEEDED
-        events.append(AccountEvent(
-            account_id=account_id, task_id=task.pk, operation=task.operation,
-            fields=(task.change or {}).get("fields", []),
-            result=AccountEvent.Result.SUCCEEDED if succeeded else AccountEvent.Result.FAILED,
-            code=(s.result.outcome.code or ("" if succeeded else task.last_error_code))[:64],
-            message=s.result.outcome.message if succeeded else task.last_error, created_at=now))
-    AccountEvent.objects.bulk_create(events)
+        task, succeeded = s.result.job, s.verdict == Verdict.SUCCEEDED
+        rows.append((task.person_id, task.system, task.pk, task.operation, (task.change or {}).get("fields", []),
+                     AccountEvent.Result.SUCCEEDED if succeeded else AccountEvent.Result.FAILED,
+                     (s.result.outcome.code or ("" if succeeded else task.last_error_code))[:64],
+                     s.result.outcome.message if succeeded else task.last_error))
+    if connection.vendor != "postgresql":
+        accounts = {(person, system): pk for pk, person, system in Account.objects.filter(
+            person_id__in={row[0] for row in rows}).values_list("id", "person_id", "system")}
+        AccountEvent.objects.bulk_create([
+            AccountEvent(account_id=accounts[(person, system)], task_id=task, operation=operation, fields=fields,
+                         result=result, code=code, message=message, created_at=now)
+            for person, system, task, operation, fields, result, code, message in rows
+            if (person, system) in accounts])
+        return
+    person, system, task, operation, fields, result, code, message = map(list, zip(*rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO "{AccountEvent._meta.db_table}" (account_id, task_id, operation, fields, result, code,'
+            f" message, created_at) SELECT a.id, v.task, v.operation, v.fields::jsonb, v.result, v.code, v.message, %s"
+            f" FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            f" %s::text[]) AS v(person, system, task, operation, fields, result, code, message)"
+            f' JOIN "{Account._meta.db_table}" a ON a.person_id = v.person AND a.system = v.system',
+            [now, person, system, task, operation, [json.dumps(f) for f in fields], result, code, message])
+
+
+def persons_out_of_line(person_ids) -> set[int]:
+    """Of these persons, those with an existing account that open_changes would act on: not enabled as it
+    is active, not holding the person's values, or never written by the service. Called after every batch of
+    results (once the accounts are locked), so on PostgreSQL it is one statement that usually finds none."""
+    person_ids = set(person_ids)
+    if not person_ids or connection.vendor != "postgresql":
+        return person_ids
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'SELECT DISTINCT a.person_id FROM "{Account._meta.db_table}" a'
+            f' JOIN "{HrPerson._meta.db_table}" p ON p.id = a.person_id'
+            f" WHERE a.person_id = ANY(%s::bigint[]) AND a.status = %s AND (a.applied = '{{}}'::jsonb"
+            f" OR a.enabled IS DISTINCT FROM COALESCE((a.applied->>'active')::boolean, TRUE)"
+            f" OR a.applied->>'full_name' IS DISTINCT FROM p.full_name"
+            f" OR a.applied->>'phone_number' IS DISTINCT FROM p.telephone_number1"
+            f" OR COALESCE(a.applied->>'department_code', '') IS DISTINCT FROM"
+            f" COALESCE(p.person_dept->0->>'department_code', '')"
+            f" OR (a.system <> %s AND COALESCE(a.applied->>'email', '') IS DISTINCT FROM COALESCE(p.email, '')))",
+            [id_array(person_ids), Account.Status.CREATED, System.EMAIL])
+        return {row[0] for row in cursor.fetchall()}

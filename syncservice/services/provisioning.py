@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..backends import get_backend
-from ..backends.base import CHANGE_FIELDS, AccountChange, Outcome, OutcomeKind, PersonSnapshot
+from ..backends.base import AccountChange, Outcome, OutcomeKind, PersonSnapshot
 from ..backends.pacing import concurrency_slot
 from ..db.bulk import insert_from_arrays, update_from_arrays
 from ..db.locking import atomic_with_retry
@@ -31,7 +31,13 @@ from ..queue.engines import Claimed
 from ..queue.handler import Handler
 from ..queue.outcomes import Decision, JobResult, Settled, Verdict
 from ..queue.table import JobTable
-from .account_changes import open_changes, record_change_results, record_events
+from .account_changes import (
+    open_changes,
+    person_values,
+    persons_out_of_line,
+    record_change_results,
+    record_events,
+)
 from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
 from .mailbox_first import MAILBOX, settle_blocked_tasks, settle_stranded_blocked_tasks
@@ -194,7 +200,8 @@ class CreateAccountHandler(Handler):
         record_events(settled, now)
         # What the targets now hold is compared with the persons again: a change that came in while these
         # calls ran (or a deactivation during a creation) opens its task here.
-        open_changes({s.result.job.person_id for s in settled if s.verdict == Verdict.SUCCEEDED}, now=now)
+        open_changes(persons_out_of_line({s.result.job.person_id for s in settled if s.verdict == Verdict.SUCCEEDED}),
+                     now=now)
         stopped = stop_retries_of_cancelled_requests(
             [s.result.job.pk for s in settled if s.result.job.status == Task.Status.PENDING])
         final = [s.result.job for s in settled if s.verdict in (Verdict.SUCCEEDED, Verdict.FAILED)]
@@ -230,29 +237,26 @@ def update_accounts(settled: list[Settled], now) -> None:
         if task.operation != Task.Operation.CREATE:
             continue
         outcome = s.result.outcome
-        last = {"operation": Task.Operation.CREATE, "fields": [], "at": now.isoformat(), "code": outcome.code}
         if s.verdict == Verdict.SUCCEEDED:
-            applied = {**person_values(snapshot(task)), "active": True}
-            last.update(result="succeeded", linked=outcome.kind == OutcomeKind.LINKED)
+            # What the target was given: the values of the claim's snapshot (a change since then differs from
+            # them, and open_changes sends it). `linked`: the account existed before the service called.
+            applied = {**person_values(task.person), "active": True}
+            if outcome.kind == OutcomeKind.LINKED:
+                applied["linked"] = True
             rows.append((task.person_id, task.system, Account.Status.CREATED, outcome.external_id[:255], "",
-                         now, applied, last))
+                         now, applied))
         elif s.verdict == Verdict.FAILED:
             message = f"[{task.last_error_code}] {task.last_error}" if task.last_error_code else task.last_error
-            last.update(result="failed", code=task.last_error_code)
-            rows.append((task.person_id, task.system, Account.Status.FAILED, "", message, None, {}, last))
+            rows.append((task.person_id, task.system, Account.Status.FAILED, "", message, None, {}))
     if not rows:
         return
-    person, system, status, external_id, error_message, provisioned_at, applied, last = map(list, zip(*rows))
+    person, system, status, external_id, error_message, provisioned_at, applied = map(list, zip(*rows))
     update_from_arrays(
         Account, match={"person": person, "system": system},
         values={"status": status, "external_id": external_id, "error_message": error_message,
-                "provisioned_at": provisioned_at, "applied": applied, "last_change": last},
+                "provisioned_at": provisioned_at, "applied": applied},
         constants={"updated_at": now},
     )
-
-
-def person_values(person: PersonSnapshot) -> dict:
-    return {name: getattr(person, name) for name in CHANGE_FIELDS}
 
 
 CREATE_ACCOUNT = CreateAccountHandler()

@@ -77,6 +77,17 @@ def _start_tasks(wanted: dict[tuple[int, str], tuple[int | None, int]],
     return len(wanted)
 
 
+def open_creation_tasks(keys) -> int:
+    """Creation tasks for these (person, system) keys that have none open (a reconciliation recreating
+    accounts a target lost); their accounts read creating. Runs in the caller's transaction."""
+    keys = set(keys)
+    if not keys:
+        return 0
+    persons = {person for person, _ in keys}
+    taken = _open_task_keys(persons)
+    return _start_tasks({key: (None, 0) for key in keys if key not in taken}, _accounts_of(persons))
+
+
 def _accounts_of(person_ids) -> dict[tuple[int, str], tuple[int, str]]:
     return {(p, s): (pk, status) for pk, p, s, status in
             Account.objects.filter(person_id__in=person_ids).values_list("id", "person_id", "system", "status")}

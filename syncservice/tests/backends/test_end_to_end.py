@@ -6,9 +6,18 @@ import time
 from io import StringIO
 
 import pytest
+import requests
 from django.core.management import call_command
 
-from syncservice.models import Account, AccountCreationRequest, AccountCreationTask, HrPerson, TaskAttempt
+from syncservice.models import (
+    Account,
+    AccountCreationRequest,
+    AccountCreationTask,
+    HrPerson,
+    ReconciliationFinding,
+    ReconciliationRun,
+    TaskAttempt,
+)
 from syncservice.simulators.welink import BULK_PATH, STATUS_PATH, USERS_PATH
 from syncservice.tests.fixtures import make_users, note_example
 
@@ -266,3 +275,77 @@ def test_movers_leavers_and_returners_reach_all_three_real_targets(hr_caller, ex
     assert [u for u in exmail_sim.users.values() if u["extid"] == number] == [exmail_sim.users[address]]
     assert set(Account.objects.filter(person__employee_number=number).values_list("status", "change_status")) == {
         ("created", "")}
+
+
+def test_reconciliation_finds_exactly_what_was_changed_at_the_targets_and_repairs_it(
+        hr_caller, exmail_sim, welink_sim, scim, settings):
+    # The SCIM server lives for the session: our key space is this test's own prefix and mail domain.
+    prefix = f"RC{time.time_ns() % 10**7}"
+    settings.EMAIL_DOMAIN = f"{prefix.lower()}.example.com"
+    settings.RECONCILE_EMPLOYEE_NUMBER_PATTERN = f"^{prefix}"
+    settings.RECONCILE_PAGE_SIZE = 2
+    users = [{"employeeNumber": f"{prefix}{i}", "employeeName": name, "departmentCode": "D1",
+              "phoneNumber": f"1380013{i:04d}"} for i, name in enumerate(["赵一", "钱二", "孙三", "李四", "周五"])]
+    submit(hr_caller, users, ["idaas", "welink", "email"], key=prefix)
+    run_stages()
+    numbers = [u["employeeNumber"] for u in users]
+    persons = {p.employee_number: p for p in HrPerson.objects.all()}
+
+    # Changed directly in the targets: a SCIM user deleted, a WeLink name edited, a mailbox disabled, a
+    # stranger in our key space, and a second mailbox for one person.
+    [gone] = scim.users_named(numbers[0])
+    assert requests.delete(f"{scim.url}/Users/{gone['id']}", headers=scim.headers, timeout=5).status_code == 204
+    welink_sim.users[numbers[1]]["userNameCn"] = "钱二改"
+    exmail_sim.users[persons[numbers[2]].email]["enable"] = 0
+    scim.create_user(userName=f"{prefix}X", displayName="陌生人", active=True)
+    exmail_sim.add_user(f"zhouwu9@{settings.EMAIL_DOMAIN}", name="周五", mobile="13800130004", extid=numbers[4])
+
+    call_command("reconcile_accounts", "--dry-run", stdout=StringIO())
+    run = ReconciliationRun.objects.latest("id")
+    found = set(ReconciliationFinding.objects.filter(run=run).values_list("system", "employee_number", "kind",
+                                                                          "field"))
+    assert found == {
+        ("idaas", numbers[0], "missing", ""),
+        ("welink", numbers[1], "drift", "full_name"),
+        ("email", numbers[2], "drift", "active"),
+        ("idaas", f"{prefix}X", "orphan", ""),
+        ("email", numbers[4], "duplicate", ""),
+    }
+    assert run.compared["welink"]["orphansCheckable"] is False
+
+    settings.RECONCILE_MAX_REPAIRS = "40%"
+    call_command("reconcile_accounts", "--repair", stdout=StringIO())
+    run_stages()
+
+    [back] = scim.users_named(numbers[0])
+    assert back["id"] != gone["id"] and back["displayName"] == "赵一"
+    assert Account.objects.get(system="idaas", person__employee_number=numbers[0]).external_id == back["id"]
+    assert welink_sim.users[numbers[1]]["userNameCn"] == "钱二"
+    assert exmail_sim.users[persons[numbers[2]].email]["enable"] == 1
+    assert len(scim.users_named(f"{prefix}X")) == 1                       # the orphan is left alone
+    assert f"zhouwu9@{settings.EMAIL_DOMAIN}" in exmail_sim.users         # and so is the duplicate
+    call_command("reconcile_accounts", "--dry-run", stdout=StringIO())
+    again = ReconciliationRun.objects.latest("id")
+    assert set(ReconciliationFinding.objects.filter(run=again).values_list("kind", flat=True)) == {
+        "orphan", "duplicate"}
+
+
+def test_the_guard_refuses_a_repair_of_40_percent_without_force(hr_caller, scim, settings):
+    prefix = f"RG{time.time_ns() % 10**7}"
+    settings.EMAIL_DOMAIN = f"{prefix.lower()}.example.com"
+    settings.RECONCILE_EMPLOYEE_NUMBER_PATTERN = f"^{prefix}"
+    users = [{"employeeNumber": f"{prefix}{i}", "employeeName": "吴六", "departmentCode": "D1",
+              "phoneNumber": f"1390013{i:04d}"} for i in range(5)]
+    submit(hr_caller, users, ["idaas"], key=prefix)
+    run_stages()
+    for user in users[:2]:
+        [found] = scim.users_named(user["employeeNumber"])
+        requests.delete(f"{scim.url}/Users/{found['id']}", headers=scim.headers, timeout=5)
+
+    out = StringIO()
+    call_command("reconcile_accounts", "--repair", "--system", "idaas", stdout=out)
+    assert "held back" in out.getvalue()
+    assert not AccountCreationTask.objects.filter(status="pending").exists()
+    call_command("reconcile_accounts", "--repair", "--force", "--system", "idaas", stdout=StringIO())
+    run_stages()
+    assert all(scim.users_named(u["employeeNumber"]) for u in users)
