@@ -202,7 +202,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Several documents carry a request's status: one named enum for it (and a clean `check --deploy`).
-    "ENUM_NAME_OVERRIDES": {"RequestStatusEnum": "syncservice.models.AccountCreationRequest.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "RequestStatusEnum": "syncservice.models.AccountCreationRequest.Status",
+        "ReconciliationStatusEnum": "syncservice.models.ReconciliationRun.Status",
+        "ReconciliationModeEnum": "syncservice.models.ReconciliationRun.Mode",
+        "StageModeEnum": ["run", "dry_run"],
+    },
 }
 
 # --- Service settings -----------------------------------------------------------------------

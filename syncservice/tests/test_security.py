@@ -70,13 +70,14 @@ def routes() -> list[str]:
     for route in found:
         if route in PUBLIC_ROUTES or route in OWN_TOKEN_ROUTES or route.startswith("admin/"):
             continue
-        route = route.replace("<str:item_id>", SOME_ITEM_ID)
+        route = route.replace("<str:item_id>", SOME_ITEM_ID).replace("<str:run_id>", SOME_RUN_ID)
         assert "<" not in route.replace("<any_request_id:request_id>", ""), f"a new path parameter: {route}"
         concrete.append("/" + route.replace("<any_request_id:request_id>", SOME_REQUEST_ID))
     return concrete
 
 
 SOME_ITEM_ID = "1"
+SOME_RUN_ID = "1"
 API_ROUTES = routes()
 
 
@@ -87,7 +88,9 @@ def test_the_route_list_covers_both_apis():
             f"/account-creation/requests/{SOME_REQUEST_ID}/retry/",
             f"/account-creation/requests/{SOME_REQUEST_ID}/items/{SOME_ITEM_ID}/log/",
             "/task-management/sync_hr_persons/", "/task-management/create_account_tasks/",
-            "/task-management/process_account_tasks/", "/task-management/runs/"} <= set(API_ROUTES)
+            "/task-management/process_account_tasks/", "/task-management/runs/",
+            "/account-creation/deactivate_accounts/", "/task-management/reconcile_accounts/",
+            "/task-management/reconciliations/", f"/task-management/reconciliations/{SOME_RUN_ID}/"} <= set(API_ROUTES)
 
 
 @pytest.mark.parametrize("path", API_ROUTES)

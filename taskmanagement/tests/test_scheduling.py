@@ -20,9 +20,11 @@ def test_cronjobs_run_each_stage_every_interval_and_purge_daily():
         "taskmanagement.cron.create_account_tasks",
         "taskmanagement.cron.process_account_creation_tasks",
         "taskmanagement.cron.purge_account_requests",
+        "taskmanagement.cron.reconcile_accounts",
     ]
     assert {job[0] for job in settings.CRONJOBS[:3]} == {f"*/{settings.STAGE_INTERVAL_MINUTES} * * * *"}
     assert settings.CRONJOBS[3][0] == "30 3 * * *"
+    assert settings.CRONJOBS[4][0] == settings.RECONCILE_SCHEDULE == "0 2 * * *"
 
 
 def test_cron_entry_points_complete_a_request_and_record_cron_runs(hr_caller):
@@ -49,7 +51,7 @@ def fake_crontab(tmp_path, settings, monkeypatch):
 def test_crontab_add_installs_the_three_stages_and_run_executes_one(fake_crontab, hr_caller):
     call_command("crontab", "add", stdout=StringIO())
     lines = [line for line in fake_crontab.read_text().splitlines() if line.strip()]
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert all(line.startswith(f"*/{settings.STAGE_INTERVAL_MINUTES} * * * * ") for line in lines[:3])
     assert lines[3].startswith("30 3 * * * ")
     assert all("manage.py crontab run" in line for line in lines)
