@@ -175,7 +175,8 @@ class ReconcileInputSerializer(StrictSerializer):
     mode = serializers.ChoiceField(choices=["run", "dry_run"], help_text="run, or dry_run to compare and report only.")
     repair = serializers.BooleanField(required=False, help_text="Open repairs for what is found (default false).")
     systems = serializers.ListField(child=serializers.ChoiceField(choices=System.choices), required=False,
-                                    help_text="The systems to read (default: every system).")
+                                    allow_null=True, allow_empty=False,
+                                    help_text="The systems to read, each at most once; absent or null: every system.")
     force = serializers.BooleanField(required=False, help_text="Repair even past RECONCILE_MAX_REPAIRS.")
 
 

@@ -52,7 +52,8 @@ CHECKS = [
 ]
 # Left out: positive_data_acceptance. Some rules cannot be written in JSON Schema (employee numbers unique
 # case-insensitively, originSystem bound to the caller's client, callback hosts that must resolve to public
-# addresses), so a schema-valid request may rightly be refused with a 400 or 403 naming the rule. And
+# addresses, a deactivation naming only persons its origin submitted), so a schema-valid request may rightly be
+# refused with a 400 or 403 naming the rule. And
 # object_level_authorization, which needs two users of one kind: test_security.py covers that.
 NEGATIVE_DATA_REFUSALS = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 
