@@ -356,6 +356,38 @@ def _validate_callback_url(errors: _Errors, data: dict) -> str:
     return value
 
 
+def _user_list(errors: _Errors, data: dict, *, empty_message: str) -> list:
+    """The userList as sent when it is a list of an acceptable size; else an error and nothing to check."""
+    raw_users = data.get("userList")
+    max_users = settings.MAX_USERS_PER_REQUEST
+    if raw_users is None:
+        errors.add("userList", "required", "This field is required.")
+    elif not isinstance(raw_users, list):
+        errors.add("userList", "invalid_type", "Must be a list.")
+    elif not raw_users:
+        errors.add("userList", "empty", empty_message)
+    elif len(raw_users) > max_users:
+        # Do not validate each user of an oversized batch: one clear error is more useful than thousands.
+        errors.add("userList", "too_many_users",
+                   f"At most {max_users} users per request; split the batch (got {len(raw_users)}).")
+    else:
+        return raw_users
+    return []
+
+
+def _check_unique(errors: _Errors, seen: dict[str, int], number: str, index: int) -> bool:
+    """Each employee number at most once in a batch, case-insensitively; True for a valid first one."""
+    if not number:
+        return False
+    folded = number.upper()
+    if folded in seen:
+        errors.add(f"userList[{index}].employeeNumber", "duplicate",
+                   f"Employee number {number} also appears at userList[{seen[folded]}].")
+        return False
+    seen[folded] = index
+    return True
+
+
 def validate_create_accounts(data) -> ValidatedBatch:
     """Validate and normalize a create_accounts body; raise PayloadInvalid with every error found."""
     if not isinstance(data, dict):
@@ -377,33 +409,13 @@ def validate_create_accounts(data) -> ValidatedBatch:
     system_list = _validate_system_list(errors, data.get("systemList"), required=True)
 
     users: list[dict] = []
-    raw_users = data.get("userList")
-    max_users = settings.MAX_USERS_PER_REQUEST
-    if raw_users is None:
-        errors.add("userList", "required", "This field is required.")
-    elif not isinstance(raw_users, list):
-        errors.add("userList", "invalid_type", "Must be a list.")
-    elif not raw_users:
-        errors.add("userList", "empty", "Submit at least one user.")
-    elif len(raw_users) > max_users:
-        # Do not validate each user of an oversized batch: one clear error is more useful than thousands.
-        errors.add("userList", "too_many_users",
-                   f"At most {max_users} users per request; split the batch (got {len(raw_users)}).")
-    else:
-        seen: dict[str, int] = {}
-        for index, raw_user in enumerate(raw_users):
-            user = _validate_user(errors, raw_user, index)
-            if user is None:
-                continue
-            number = user["employee_number"]
-            if number:
-                folded = number.upper()
-                if folded in seen:
-                    errors.add(f"userList[{index}].employeeNumber", "duplicate",
-                               f"Employee number {number} also appears at userList[{seen[folded]}].")
-                else:
-                    seen[folded] = index
-            users.append(user)
+    seen: dict[str, int] = {}
+    for index, raw_user in enumerate(_user_list(errors, data, empty_message="Submit at least one user.")):
+        user = _validate_user(errors, raw_user, index)
+        if user is None:
+            continue
+        _check_unique(errors, seen, user["employee_number"], index)
+        users.append(user)
 
     if errors.items:
         raise PayloadInvalid(
@@ -491,36 +503,18 @@ def validate_deactivate_accounts(data) -> ValidatedDeactivation:
     callback_url = _validate_callback_url(errors, data)
     system_list = _validate_system_list(errors, data.get("systemList"), required=False)
     numbers: list[str] = []
-    raw_users = data.get("userList")
-    max_users = settings.MAX_USERS_PER_REQUEST
-    if raw_users is None:
-        errors.add("userList", "required", "This field is required.")
-    elif not isinstance(raw_users, list):
-        errors.add("userList", "invalid_type", "Must be a list.")
-    elif not raw_users:
-        errors.add("userList", "empty", "Name at least one user.")
-    elif len(raw_users) > max_users:
-        errors.add("userList", "too_many_users",
-                   f"At most {max_users} users per request; split the batch (got {len(raw_users)}).")
-    else:
-        seen: dict[str, int] = {}
-        for index, user in enumerate(raw_users):
-            prefix = f"userList[{index}]"
-            if not isinstance(user, dict):
-                errors.add(prefix, "invalid_type", "Each user must be an object.")
-                continue
-            for key in sorted(user.keys() - DEACTIVATE_USER_FIELDS):
-                errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "Unknown field.")
-            number = _text(errors, user, "employeeNumber", f"{prefix}.employeeNumber",
-                           max_length=EMPLOYEE_NUMBER_MAX, required=True, pattern=_employee_number_re,
-                           pattern_message="Letters, digits, '.', '_' and '-' only, starting with a letter or digit.")
-            if not number:
-                continue
-            if number.upper() in seen:
-                errors.add(f"{prefix}.employeeNumber", "duplicate",
-                           f"Employee number {number} also appears at userList[{seen[number.upper()]}].")
-                continue
-            seen[number.upper()] = index
+    seen: dict[str, int] = {}
+    for index, user in enumerate(_user_list(errors, data, empty_message="Name at least one user.")):
+        prefix = f"userList[{index}]"
+        if not isinstance(user, dict):
+            errors.add(prefix, "invalid_type", "Each user must be an object.")
+            continue
+        for key in sorted(user.keys() - DEACTIVATE_USER_FIELDS):
+            errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "Unknown field.")
+        number = _text(errors, user, "employeeNumber", f"{prefix}.employeeNumber",
+                       max_length=EMPLOYEE_NUMBER_MAX, required=True, pattern=_employee_number_re,
+                       pattern_message="Letters, digits, '.', '_' and '-' only, starting with a letter or digit.")
+        if _check_unique(errors, seen, number, index):
             numbers.append(number)
     if errors.items:
         raise PayloadInvalid(f"The request has {len(errors.items)} invalid field(s).", errors=errors.items)

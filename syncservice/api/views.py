@@ -74,6 +74,19 @@ def status_url(request_id: str) -> str:
     return reverse("account-creation-request-detail", kwargs={"request_id": request_id})
 
 
+def submitted(account_request: AccountCreationRequest, created: bool, message: str) -> Response:
+    """The answer to a submission: 202 with the status URL, or 200 with the original request."""
+    body = {
+        "success": True,
+        "requestId": account_request.request_id,
+        "status": account_request.status,
+        "totalUsers": account_request.total_users,
+        "message": message if created else RESUBMITTED_MESSAGE,
+    }
+    return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+                    headers={"Location": status_url(account_request.request_id)})
+
+
 class CreateAccountsView(APIView):
     permission_classes = [IsOriginClient]
 
@@ -98,18 +111,7 @@ class CreateAccountsView(APIView):
     def post(self, request):
         batch = validate_create_accounts(request.data)
         account_request, created = request_submit(client=request.user, batch=batch)
-        body = {
-            "success": True,
-            "requestId": account_request.request_id,
-            "status": account_request.status,
-            "totalUsers": account_request.total_users,
-            "message": SUBMITTED_MESSAGE if created else RESUBMITTED_MESSAGE,
-        }
-        return Response(
-            body,
-            status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
-            headers={"Location": status_url(account_request.request_id)},
-        )
+        return submitted(account_request, created, SUBMITTED_MESSAGE)
 
 
 DEACTIVATE_EXAMPLE = {
@@ -148,15 +150,7 @@ class DeactivateAccountsView(APIView):
     def post(self, request):
         batch = validate_deactivate_accounts(request.data)
         account_request, created = deactivation_submit(client=request.user, batch=batch)
-        body = {
-            "success": True,
-            "requestId": account_request.request_id,
-            "status": account_request.status,
-            "totalUsers": account_request.total_users,
-            "message": DEACTIVATE_SUBMITTED_MESSAGE if created else RESUBMITTED_MESSAGE,
-        }
-        return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
-                        headers={"Location": status_url(account_request.request_id)})
+        return submitted(account_request, created, DEACTIVATE_SUBMITTED_MESSAGE)
 
 
 def visible_request(request, request_id: str) -> AccountCreationRequest:

@@ -6,7 +6,6 @@ claim's lease token. This module says what a call is (the backend's ensure_accou
 onto the task, and what follows a written result: the attempt log, the account, the roll-up.
 """
 
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -84,16 +83,12 @@ def worker_name() -> str:
 def snapshot(task: Task) -> PersonSnapshot:
     """The person as the task's call sees them: a change carries the values it applies."""
     person = task.person
-    department = person.person_dept[0] if person.person_dept else {}
-    person = PersonSnapshot(
+    # A creation sends the person as the claim loaded them; a change the values it carries.
+    values = person_values(person) if task.operation == Task.Operation.CREATE else (task.change or {})["values"]
+    return PersonSnapshot(
         person_pk=person.pk, person_id=person.person_id, employee_number=person.employee_number,
-        full_name=person.full_name, email=person.email or "", phone_number=person.telephone_number1,
-        department_code=(department or {}).get("department_code", ""), person_type=person.person_type,
-        departments=list(person.person_dept or []),
+        person_type=person.person_type, departments=list(person.person_dept or []), **values,
     )
-    if task.operation != Task.Operation.CREATE:
-        person = dataclasses.replace(person, **(task.change or {}).get("values", {}))
-    return person
 
 
 def account_change(task: Task) -> AccountChange:

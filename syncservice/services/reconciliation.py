@@ -30,8 +30,12 @@ from django.utils import timezone
 
 from ..backends import get_backend
 from ..backends.base import ListingFailed, TargetAccount
+from ..db.bulk import update_from_arrays
+from ..db.locking import wait_locked
 from ..models import (
     Account,
+    AccountCreationTask,
+    HrPerson,
     ReconciliationFinding,
     ReconciliationRun,
     ReconciliationSeen,
@@ -229,7 +233,7 @@ def _open_repairs(run: ReconciliationRun, system: str, page_size: int) -> int:
     findings = Finding.objects.filter(run=run, system=system, repair=Repair.PLANNED).exclude(account=None)
     while True:
         with transaction.atomic():
-            page = list(findings.order_by("id")[:page_size])
+            page = list(findings.select_related("account").order_by("id")[:page_size])
             if not page:
                 return opened
             now = timezone.now()
@@ -240,15 +244,16 @@ def _open_repairs(run: ReconciliationRun, system: str, page_size: int) -> int:
                     drifted.setdefault(f.account_id, {})[f.field] = (f.theirs == "true") if f.field == "active" \
                         else f.theirs
             # What the target holds is what the account was last given now: open_changes brings it back.
-            for account in Account.objects.select_for_update().filter(pk__in=drifted).order_by("id"):
-                account.applied = {**(account.applied or {}), **drifted[account.pk]}
-                account.save(update_fields=["applied", "updated_at"])
-            recreate = list(Account.objects.select_for_update().filter(pk__in=missing).order_by("id"))
+            accounts = list(wait_locked(Account.objects.filter(pk__in=drifted).order_by("id")).only("id", "applied"))
+            update_from_arrays(Account, match={"id": [a.pk for a in accounts]},
+                               values={"applied": [{**(a.applied or {}), **drifted[a.pk]} for a in accounts]},
+                               constants={"updated_at": now})
+            recreate = list(wait_locked(Account.objects.filter(pk__in=missing).order_by("id"))
+                            .only("id", "person_id", "system"))
             Account.objects.filter(pk__in=missing).update(
                 status=Account.Status.NOT_CREATED, external_id="", applied={}, updated_at=now)
             open_creation_tasks({(a.person_id, a.system) for a in recreate})
-            persons = set(Account.objects.filter(pk__in=drifted).values_list("person_id", flat=True))
-            open_changes(persons, now=now)
+            open_changes({f.account.person_id for f in page if f.account_id in drifted}, now=now)
             Finding.objects.filter(pk__in=[f.pk for f in page]).update(repair=Repair.OPENED)
             opened += len(missing) + len(drifted)
 
@@ -304,8 +309,6 @@ def orphans_link(findings) -> int:
     """Link orphans to the persons they belong to (the operator's call, from the admin): the account is ours
     from now on, and an update brings it to the person's values. Only an orphan whose employee number is a
     person of ours, with no account there yet and nothing open for it, can be linked; returns how many were."""
-    from ..models import AccountCreationTask, HrPerson
-
     linked = 0
     now = timezone.now()
     for finding in Finding.objects.select_for_update().filter(

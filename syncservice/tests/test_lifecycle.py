@@ -308,3 +308,20 @@ def test_changes_under_several_killed_workers_end_true_with_one_account_each(hr_
     # The resubmission asked for active accounts of persons who then left: those items end failed, disabled.
     failed = AccountCreationRequestItem.objects.filter(request__business_key="MOVE-1", status="failed")
     assert sorted(failed.values_list("employee_number", flat=True)) == leavers
+
+
+def test_a_deactivation_is_validated_like_a_creation_every_error_at_once_nothing_stored(hr_caller):
+    response = deactivate(hr_caller, originSystem="HR_SYSTEM", businessKey="", systemList=["idaas", "crm", "idaas"],
+                          userList=[{"employeeNumber": "E1"}, {"employeeNumber": "e1"}, {"employeeNumber": " x"},
+                                    {"employeeNumber": "E2", "phone": "1"}, "E3"], extra=1)
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["success"], body["code"]) == (False, "validation_error")
+    assert {(e["field"], e["code"]) for e in body["errors"]} == {
+        ("extra", "unknown_field"), ("businessKey", "blank"), ("systemList[1]", "invalid_choice"),
+        ("systemList[2]", "duplicate"), ("userList[1].employeeNumber", "duplicate"),
+        ("userList[2].employeeNumber", "invalid_format"), ("userList[3].phone", "unknown_field"),
+        ("userList[4]", "invalid_type")}
+    assert not AccountCreationRequest.objects.exists()
+    assert deactivate(hr_caller, originSystem="HR_SYSTEM", businessKey="K", userList=[]).json()["errors"] == [
+        {"field": "userList", "code": "empty", "message": "Name at least one user."}]

@@ -169,15 +169,20 @@ class Scim:
         return response.json()
 
 
-@pytest.fixture
-def scim(backend_settings, scim_server_url):
-    """The IDaaS backend pointed at scim2-server through a fault-injecting proxy."""
-    server, url = proxy.start(upstream=scim_server_url)
+def _scim_through_proxy(backend_settings, upstream: str):
+    """Point the IDaaS backend at a scim2-server through the fault-injecting proxy; yield the Scim view."""
+    server, url = proxy.start(upstream=upstream)
     backend_settings.IDAAS_BACKEND = "scim"
     backend_settings.IDAAS_SCIM_URL = url
     backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
-    yield Scim(scim_server_url, server.app)
+    yield Scim(upstream, server.app)
     proxy.stop(server)
+
+
+@pytest.fixture
+def scim(backend_settings, scim_server_url):
+    """The IDaaS backend pointed at scim2-server through a fault-injecting proxy."""
+    yield from _scim_through_proxy(backend_settings, scim_server_url)
 
 
 # A service provider that announces no PATCH (RFC 7644 §5): scim2-server then answers PATCH with 501.
@@ -204,12 +209,7 @@ def scim_without_patch_server_url(tmp_path_factory):
 @pytest.fixture
 def scim_without_patch(backend_settings, scim_without_patch_server_url):
     """The IDaaS backend pointed, through the proxy, at the scim2-server that has no PATCH."""
-    server, url = proxy.start(upstream=scim_without_patch_server_url)
-    backend_settings.IDAAS_BACKEND = "scim"
-    backend_settings.IDAAS_SCIM_URL = url
-    backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
-    yield Scim(scim_without_patch_server_url, server.app)
-    proxy.stop(server)
+    yield from _scim_through_proxy(backend_settings, scim_without_patch_server_url)
 
 
 # A service provider whose searches answer at most two users a page, whatever `count` asks (RFC 7644 §3.4.2.4
@@ -232,9 +232,4 @@ def scim_small_pages_server_url(tmp_path_factory):
 @pytest.fixture
 def scim_small_pages(backend_settings, scim_small_pages_server_url):
     """The IDaaS backend pointed, through the proxy, at the scim2-server with pages of two."""
-    server, url = proxy.start(upstream=scim_small_pages_server_url)
-    backend_settings.IDAAS_BACKEND = "scim"
-    backend_settings.IDAAS_SCIM_URL = url
-    backend_settings.IDAAS_SCIM_TOKEN = SCIM_TOKEN
-    yield Scim(scim_small_pages_server_url, server.app)
-    proxy.stop(server)
+    yield from _scim_through_proxy(backend_settings, scim_small_pages_server_url)
