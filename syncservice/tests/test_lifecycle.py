@@ -15,6 +15,7 @@ from syncservice.models import (
     TaskAttempt,
 )
 from syncservice.selectors import account_history
+from syncservice.services.lifecycle import tasks_retry
 
 from .fixtures import document, requires_postgres, run_pipeline, stage, submit
 
@@ -245,6 +246,17 @@ def test_a_change_that_fails_for_good_names_its_operation(hr, settings):
     assert account.last_change["operation"] == "update" and account.last_change["result"] == "failed"
     assert targets("H6")["idaas"].full_name == "郑爽爽"
     assert targets("H6")["welink"].full_name == "郑爽"
+
+    # Tried again (the admin's task retry) once the target takes it: the current values arrive.
+    settings.LOCAL_BACKEND_PERMANENT_FAILURE_PATTERN = ""
+    failed = AccountCreationTask.objects.filter(system="welink", operation="update", status="failed")
+    assert tasks_retry(tasks=list(failed)) == 1
+    stage("process_account_creation_tasks")
+    assert targets("H6")["welink"].full_name == "郑爽爽"
+    account.refresh_from_db()
+    assert (account.change_status, account.error_message, account.last_change["result"]) == ("", "", "succeeded")
+    assert set(AccountCreationTask.objects.filter(system="welink", operation="update")
+               .values_list("status", flat=True)) == {"retried", "succeeded"}
 
 
 # --- several workers, killed at random moments, on changes ---------------------------------------------
