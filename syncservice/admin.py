@@ -24,6 +24,7 @@ from .models import (
     HrPerson,
     HrSyncState,
     Notification,
+    OrphanAction,
     ReconciliationFinding,
     ReconciliationRun,
     System,
@@ -32,6 +33,7 @@ from .models import (
 from .services.clients import api_client_set_active
 from .services.lifecycle import items_retry, request_cancel, request_retry, tasks_retry
 from .services.notifications import notifications_resend
+from .services.orphan_actions import orphans_disable
 from .services.reconciliation import orphans_link
 
 
@@ -400,13 +402,40 @@ class ReconciliationRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(ReconciliationFinding)
 class ReconciliationFindingAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("run", "system", "employee_number", "kind", "field", "ours", "theirs", "external_id", "repair")
+    list_display = ("run", "system", "employee_number", "kind", "field", "ours", "theirs", "external_id", "repair",
+                    "action_status")
     list_filter = ("run", "system", "kind", "repair")
     search_fields = ("employee_number", "external_id")
-    readonly_fields = [f.name for f in ReconciliationFinding._meta.fields]
-    actions = ["link_orphans"]
+    readonly_fields = [*(f.name for f in ReconciliationFinding._meta.fields), "action_status"]
+    list_select_related = ("run", "action")
+    actions = ["link_orphans", "disable_orphans"]
 
-    @admin.action(description="将所选目标系统多出的账号关联到我方人员")
+    # Linking or disabling an orphan acts on a target: for those who may act on findings, not every viewer.
+    def has_act_permission(self, request):
+        return request.user.has_perm("syncservice.add_orphanaction")
+
+    @admin.display(description="停用处理")
+    def action_status(self, obj):
+        action = getattr(obj, "action", None)
+        if action is None:
+            return "-"
+        error = f"（{action.last_error_code} {action.last_error}）" if action.last_error else ""
+        return f"{action.get_status_display()}{error}"
+
+    @admin.action(description="停用所选目标系统多出的账号（仅改启用状态）", permissions=["act"])
+    def disable_orphans(self, request, queryset):
+        with transaction.atomic():
+            opened, refused = orphans_disable(list(queryset), requested_by=request.user.get_username())
+            for action in opened:
+                self.audit(request, action.finding, Action.ORPHAN_DISABLE,
+                           details={"system": action.system, "action": action.pk})
+        if opened:
+            self.message_user(request, f"已为 {len(opened)} 个账号发起停用，由处理阶段执行。")
+        reasons = sorted(set(refused.values()))
+        if reasons:
+            self.message_user(request, f"{len(refused)} 项未停用：" + "；".join(reasons), messages.WARNING)
+
+    @admin.action(description="将所选目标系统多出的账号关联到我方人员", permissions=["act"])
     def link_orphans(self, request, queryset):
         with transaction.atomic():
             chosen = list(queryset.filter(kind=ReconciliationFinding.Kind.ORPHAN).exclude(
@@ -418,3 +447,14 @@ class ReconciliationFindingAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.
                     self.audit(request, finding, Action.ORPHAN_LINK)
         self.message_user(request, f"已关联 {linked} 个账号；"
                                    "其余所选项无法关联（无对应人员、我方已有账号或仍有任务）。")
+
+
+@admin.register(OrphanAction)
+class OrphanActionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "system", "external_id", "employee_number", "operation", "status", "attempts",
+                    "last_error_code", "requested_by", "created_at", "finished_at")
+    list_filter = ("status", "system", "operation")
+    search_fields = ("external_id", "employee_number")
+    readonly_fields = [f.name for f in OrphanAction._meta.fields if f.name != "lease_token"]
+    exclude = ("lease_token",)
+    ordering = ("-created_at",)

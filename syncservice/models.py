@@ -555,6 +555,7 @@ class AuditEntry(models.Model):
         CLIENT_DISABLE = "client.disable", "停用客户端"
         CLIENT_ENABLE = "client.enable", "启用客户端"
         ORPHAN_LINK = "reconciliation.link", "关联对账发现的账号"
+        ORPHAN_DISABLE = "reconciliation.disable", "停用对账发现的账号"
 
     created_at = models.DateTimeField("时间", auto_now_add=True)
     actor_type = models.CharField("操作者类型", max_length=16, choices=ActorType.choices)
@@ -669,6 +670,53 @@ class ReconciliationFinding(models.Model):
 
     def __str__(self):
         return f"{self.system} {self.employee_number} {self.kind} {self.field}".strip()
+
+
+class OrphanAction(models.Model):
+    """An operator's disable of an orphan (an account at a target that no person of ours owns), as a job on
+    the shared queue: the process stage calls the target's `disable_account`, which changes nothing but the
+    account's active state. One per finding; the finding reads `已发起修复` from then on."""
+
+    class Operation(models.TextChoices):
+        DISABLE = "disable", "停用"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "待执行"
+        RUNNING = "running", "执行中"
+        SUCCEEDED = "succeeded", "已完成"
+        FAILED = "failed", "失败"
+
+    finding = models.OneToOneField(ReconciliationFinding, on_delete=models.CASCADE, related_name="action",
+                                   verbose_name="对账发现")
+    system = models.CharField("系统", max_length=16, choices=System.choices)
+    external_id = models.CharField("目标系统ID", max_length=255)
+    employee_number = models.CharField("员工编号", max_length=64, blank=True, default="")
+    operation = models.CharField("操作", max_length=16, choices=Operation.choices, default=Operation.DISABLE)
+    requested_by = models.CharField("发起者", max_length=150, blank=True, default="")
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.IntegerField("尝试次数", default=0)
+    max_attempts = models.IntegerField("最大尝试次数", default=5)
+    next_attempt_at = models.DateTimeField("下次执行时间", default=timezone.now)
+    lease_expires_at = models.DateTimeField("租约到期", null=True, blank=True)
+    locked_by = models.CharField("执行者", max_length=128, blank=True, default="")
+    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    last_error_code = models.CharField("最近错误码", max_length=64, blank=True, default="")
+    last_error = models.TextField("最近错误", blank=True, default="")
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+    finished_at = models.DateTimeField("完成时间", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "对账账号处理"
+        verbose_name_plural = "对账账号处理"
+        indexes = [
+            models.Index(fields=["system", "next_attempt_at"], condition=Q(status__in=["pending", "running"]),
+                         name="orphan_action_due"),
+        ]
+
+    def __str__(self):
+        return (f"{self.get_system_display()} {self.external_id} "
+                f"{self.get_operation_display()}：{self.get_status_display()}")
 
 
 class ReconciliationSeen(models.Model):

@@ -104,6 +104,12 @@ class TargetAccount:
     active: bool = True
 
 
+def orphan_snapshot(account: TargetAccount) -> PersonSnapshot:
+    """An account without a person of ours, as a backend's call sees a person: its own values, no ids."""
+    return PersonSnapshot(person_pk=0, person_id=0, employee_number=account.key, full_name=account.full_name,
+                          email=account.email, phone_number=account.phone_number)
+
+
 @dataclass(frozen=True)
 class AccountPage:
     accounts: list[TargetAccount]
@@ -153,6 +159,15 @@ class TargetBackend:
         """The accounts the target holds for these employee numbers (none for a key it does not know);
         raise ListingFailed. A target that can list need not provide it."""
         raise NotImplementedError("this backend cannot look accounts up by employee number")
+
+    # Whether disable_account can switch off an account the service holds no person for (an orphan).
+    can_disable_accounts: bool = False
+
+    def disable_account(self, account: TargetAccount) -> Outcome:
+        """Switch off an account the service holds no person for (an orphan, on the operator's word): only
+        its active state changes, every other value stays as the target holds it. Idempotent; returns
+        Outcome.applied, `account_missing` when the target has no such account, or a failure."""
+        return Outcome.permanent("unsupported", f"{self.system} cannot disable an account without its person")
 
     def close(self) -> None:
         """Release connections; called when the backend is replaced or the process ends."""

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .base import AccountChange, AccountPage, ListingFailed, Outcome, PersonSnapshot, TargetAccount, TargetBackend
+from .base import (
+    AccountChange,
+    AccountPage,
+    ListingFailed,
+    Outcome,
+    PersonSnapshot,
+    TargetAccount,
+    TargetBackend,
+    orphan_snapshot,
+)
 from .http import (
     HttpClient,
     TargetError,
@@ -205,6 +214,19 @@ class ExmailBackend(TargetBackend):
             "mobile": national_mobile(person.phone_number),
             "enable": 1 if change.active else 0,
         }
+        return self._update(person, user)
+
+    can_disable_accounts = True
+
+    def disable_account(self, account: TargetAccount) -> Outcome:
+        """user/update with `enable` 0 alone: the name and mobile stay as Exmail holds them."""
+        address = (account.external_id or "").strip()
+        if not address:
+            return Outcome.permanent("invalid_change", "the mailbox has no userid (address) to disable")
+        return self._update(orphan_snapshot(account), {"userid": address, "enable": 0})
+
+    def _update(self, person: PersonSnapshot, user: dict) -> Outcome:
+        address = user["userid"]
         try:
             body = self._call("POST", "/cgi-bin/user/update", json=user)
         except TargetError as e:

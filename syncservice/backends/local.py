@@ -96,6 +96,15 @@ class LocalBackend(TargetBackend):
             return Outcome.permanent("account_missing", f"no local {self.system} account {change.external_id}")
         return Outcome.applied(change.external_id, message=f"{change.operation} applied")
 
+    can_disable_accounts = True
+
+    def disable_account(self, account: TargetAccount) -> Outcome:
+        updated = LocalTargetAccount.objects.filter(system=self.system, external_id=account.external_id).update(
+            active=False, updated_at=timezone.now())
+        if not updated:
+            return Outcome.permanent("account_missing", f"no local {self.system} account {account.external_id}")
+        return Outcome.applied(account.external_id, message="disable applied")
+
     def list_accounts(self, *, cursor: str | None, page_size: int) -> AccountPage:
         """Keyset on id, one query a page: one row more than the page tells whether another page follows."""
         rows = LocalTargetAccount.objects.filter(system=self.system).order_by("id")

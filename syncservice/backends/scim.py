@@ -21,6 +21,7 @@ from .base import (
     PersonSnapshot,
     TargetAccount,
     TargetBackend,
+    orphan_snapshot,
 )
 from .http import (
     HttpClient,
@@ -237,6 +238,13 @@ class ScimIdaasBackend(TargetBackend):
             return self._put(person, change, attributes)
         except TargetError as e:
             return e.outcome
+
+    can_disable_accounts = True
+
+    def disable_account(self, account: TargetAccount) -> Outcome:
+        """`active` false and nothing else (PATCH, or PUT of the user as the server holds it)."""
+        change = AccountChange(operation=Operation.DISABLE, external_id=account.external_id, active=False)
+        return self.apply_change(orphan_snapshot(account), change, {})
 
     def _user_path(self, change: AccountChange) -> str:
         return f"/Users/{quote(change.external_id, safe='')}"

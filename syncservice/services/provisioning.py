@@ -41,6 +41,7 @@ from .email_reallocation import person_reallocate_email
 from .lifecycle import stop_retries_of_cancelled_requests
 from .mailbox_first import MAILBOX, settle_blocked_tasks, settle_stranded_blocked_tasks
 from .notifications import NotificationHandler
+from .orphan_actions import DISABLE_ORPHAN
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
 
 logger = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ def run_process_stage(*, dry_run: bool = False, limit: int | None = None, max_se
     worker = worker or worker_name()
     deadline = time.monotonic() + (max_seconds or settings.PROCESS_STAGE_MAX_SECONDS)
     notifications = NotificationHandler()
-    tallies = executor.run([CREATE_ACCOUNT, notifications], worker=worker, stop=stop,
+    tallies = executor.run([CREATE_ACCOUNT, notifications, DISABLE_ORPHAN], worker=worker, stop=stop,
                            limits={CREATE_ACCOUNT.name: limit}, deadline=deadline,
                            flush_size=flush_size, flush_interval=flush_interval)
     totals.add(tallies[CREATE_ACCOUNT.name])

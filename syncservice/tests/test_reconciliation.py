@@ -1,12 +1,16 @@
 """Reconciliation against the local targets: findings exactly as the targets drifted, repairs on the queue."""
 
 import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission
 from django.core.management import CommandError
 
 from syncservice.models import (
     Account,
     AccountCreationTask,
+    AuditEntry,
     LocalTargetAccount,
+    OrphanAction,
     ReconciliationFinding,
     ReconciliationRun,
 )
@@ -198,3 +202,67 @@ def test_an_operator_links_an_orphan_that_belongs_to_a_person_of_ours(provisione
     assert (account.status, account.external_id) == ("created", target("idaas", "R000005").external_id)
     stage("reconcile_accounts", "--dry-run", "--system", "idaas")
     assert not ReconciliationFinding.objects.filter(run=latest()).exists()
+
+
+def test_an_operator_disables_an_orphan_through_the_queue(provisioned, staff_client, django_user_model):
+    drift_the_targets()
+    stage("reconcile_accounts", "--dry-run", "--system", "idaas")
+    orphan = ReconciliationFinding.objects.get(run=latest(), kind="orphan")
+    drift = ReconciliationFinding.objects.filter(run=latest()).exclude(kind="orphan").first()
+    assert orphan.external_id == "idaas-x1"
+
+    # A staff user who may only look cannot act on a finding.
+    viewer = django_user_model.objects.create_user("viewer", password="pw-for-tests-only", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_reconciliationfinding"))
+    staff_client.force_login(viewer)
+    staff_client.post("/admin/syncservice/reconciliationfinding/",
+                      {"action": "disable_orphans", "_selected_action": [orphan.pk]})
+    assert not OrphanAction.objects.exists()
+
+    staff_client.force_login(django_user_model.objects.create_superuser("ops2", "o@example.com", "pw-for-tests"))
+    admin_action(staff_client, "reconciliationfinding", "disable_orphans", [orphan.pk, drift.pk])
+    action = OrphanAction.objects.get()
+    assert (action.finding_id, action.status, action.requested_by) == (orphan.pk, "pending", "ops2")
+    orphan.refresh_from_db()
+    assert orphan.repair == "opened"
+    # Nothing at the target changes before the process stage runs it; a second disable is refused.
+    assert target("idaas", "STRANGER1").active is True
+    admin_action(staff_client, "reconciliationfinding", "disable_orphans", [orphan.pk])
+    assert OrphanAction.objects.count() == 1
+
+    stage("process_account_creation_tasks")
+
+    action.refresh_from_db()
+    stranger = target("idaas", "STRANGER1")
+    assert (action.status, action.attempts, action.finished_at is not None) == ("succeeded", 1, True)
+    assert (stranger.active, stranger.full_name, stranger.email) == (False, "陌生人", "stranger@example.com")
+    entry = AuditEntry.objects.get(action="reconciliation.disable")
+    assert (entry.actor, entry.object_id) == ("ops2", str(orphan.pk))
+    assert LogEntry.objects.filter(object_id=str(orphan.pk), change_message="停用对账发现的账号").exists()
+    # Our own accounts were not touched.
+    assert LocalTargetAccount.objects.filter(system="idaas", active=False).count() == 1
+
+
+def test_an_orphan_that_became_ours_is_not_disabled(provisioned, staff_client):
+    drift_the_targets()
+    stage("reconcile_accounts", "--dry-run", "--system", "idaas")
+    orphan = ReconciliationFinding.objects.get(run=latest(), kind="orphan")
+    Account.objects.filter(system="idaas", person__employee_number="R000009").update(external_id="idaas-x1")
+
+    admin_action(staff_client, "reconciliationfinding", "disable_orphans", [orphan.pk])
+
+    assert not OrphanAction.objects.exists()
+    assert ReconciliationFinding.objects.get(pk=orphan.pk).repair == "report_only"
+
+
+def test_a_failed_orphan_disable_is_retried_then_reported(provisioned, staff_client, settings):
+    drift_the_targets()
+    stage("reconcile_accounts", "--dry-run", "--system", "idaas")
+    orphan = ReconciliationFinding.objects.get(run=latest(), kind="orphan")
+    admin_action(staff_client, "reconciliationfinding", "disable_orphans", [orphan.pk])
+    target("idaas", "STRANGER1").delete()  # gone at the target before the stage ran
+
+    stage("process_account_creation_tasks")
+
+    action = OrphanAction.objects.get()
+    assert (action.status, action.last_error_code) == ("failed", "account_missing")

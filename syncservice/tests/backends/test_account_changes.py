@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from syncservice.backends import get_backend
-from syncservice.backends.base import AccountChange, Operation, OutcomeKind
+from syncservice.backends.base import AccountChange, Operation, OutcomeKind, TargetAccount
 from syncservice.backends.local import LocalIdaasBackend, LocalWelinkBackend
 from syncservice.backends.scim import ENTERPRISE_SCHEMA
 from syncservice.models import LocalTargetAccount
@@ -550,3 +550,69 @@ def test_exmail_mobile_of_another_mailbox_is_permanent_60104(exmail_sim):
                                                 update(address, "phone_number"), {})
 
     assert (outcome.kind, outcome.code, outcome.message) == (OutcomeKind.PERMANENT, "60104", "mobile existed")
+
+
+# --- An orphan's disable: the active state and nothing else --------------------------------------------
+
+def orphan(external_id, key=""):
+    return TargetAccount(external_id=external_id, key=key)
+
+
+def test_scim_orphan_disable_changes_only_active(scim):
+    person = make_person()
+    external_id, before = scim_user(scim, person)
+
+    outcome = get_backend("idaas").disable_account(orphan(external_id, person.employee_number))
+
+    assert outcome.kind == OutcomeKind.APPLIED
+    after = scim.get_user(external_id)
+    assert after["active"] is False
+    assert {k: v for k, v in after.items() if k not in ("active", "meta")} == \
+        {k: v for k, v in before.items() if k not in ("active", "meta")}
+    assert get_backend("idaas").disable_account(orphan("no-such-id")).code == "account_missing"
+
+
+def test_scim_orphan_disable_without_patch_puts_the_user_back_as_it_was(scim_without_patch):
+    scim = scim_without_patch
+    person = make_person()
+    external_id, before = scim_user(scim, person)
+
+    outcome = get_backend("idaas").disable_account(orphan(external_id))
+
+    assert outcome.kind == OutcomeKind.APPLIED
+    after = scim.get_user(external_id)
+    assert after["active"] is False and after["displayName"] == before["displayName"]
+    assert after["phoneNumbers"] == before["phoneNumbers"]
+
+
+def test_exmail_orphan_disable_sends_enable_alone(exmail_sim):
+    exmail_sim.add_user("hand@example.com", name="手工账号", mobile="13800009999", extid="")
+
+    outcome = get_backend("email").disable_account(orphan("hand@example.com"))
+
+    assert outcome.kind == OutcomeKind.APPLIED
+    user = exmail_sim.users["hand@example.com"]
+    assert (user["enable"], user["name"], user["mobile"]) == (0, "手工账号", "13800009999")
+    assert get_backend("email").disable_account(orphan("gone@example.com")).code == "account_missing"
+
+
+def test_welink_cannot_disable_an_account_without_its_person(welink_sim):
+    backend = get_backend("welink")
+
+    outcome = backend.disable_account(orphan("u-1", "X1"))
+
+    assert backend.can_disable_accounts is False
+    assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "unsupported")
+    assert welink_sim.submissions == {}
+
+
+@pytest.mark.django_db
+def test_local_orphan_disable_keeps_the_values():
+    row = LocalTargetAccount.objects.create(system="idaas", employee_number="", external_id="idaas-hand",
+                                            full_name="手工", email="hand@example.com", mobile="13800000000")
+
+    outcome = LocalIdaasBackend().disable_account(orphan("idaas-hand"))
+
+    row.refresh_from_db()
+    assert outcome.kind == OutcomeKind.APPLIED
+    assert (row.active, row.full_name, row.mobile) == (False, "手工", "13800000000")
