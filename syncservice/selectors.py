@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db.models import Count, F, FilteredRelation, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from config.logging import mask_phones
 
@@ -292,3 +293,17 @@ def account_history(account: Account) -> list[dict]:
                  "code": e.code, "message": e.message, "outcome": ""}
                 for e in account.events.order_by("created_at", "id")]
     return sorted(entries, key=lambda entry: entry["at"])
+
+
+def requests_with_item_counts(queryset: QuerySet[AccountCreationRequest]) -> QuerySet[AccountCreationRequest]:
+    """Requests with their completed, failed and cancelled items counted (`completed_items`, …), in the same
+    query: subqueries, so that a join the caller adds (a search by employee number) cannot inflate them."""
+    Status = AccountCreationRequestItem.Status
+
+    def ended(status: str):
+        return Subquery(AccountCreationRequestItem.objects.filter(request_id=OuterRef("pk"), status=status)
+                        .order_by().values("request_id").annotate(n=Count("id")).values("n")[:1])
+
+    return queryset.annotate(
+        completed_items=Coalesce(ended(Status.COMPLETED), 0), failed_items=Coalesce(ended(Status.FAILED), 0),
+        cancelled_items=Coalesce(ended(Status.CANCELLED), 0))
