@@ -265,7 +265,8 @@ class AccountCreationRequestAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnl
     def button_view(self, request, object_id: str, button: str):
         action_name = self.BUTTON_ACTIONS.get(button)
         actions = self.get_actions(request)
-        if action_name not in actions:
+        # What the changelist asks before it runs an action: may the user see the list, is the action offered.
+        if not self.has_view_or_change_permission(request) or action_name not in actions:
             raise PermissionDenied
         queryset = self.get_queryset(request).filter(pk=object_id)
         if not queryset.exists():
