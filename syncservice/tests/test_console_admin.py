@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from syncservice.models import AccountCreationRequest, AuditEntry
+from syncservice.models import AccountCreationRequest, AccountCreationTask, AuditEntry
 
 from .fixtures import make_users, run_pipeline, submit
 
@@ -145,3 +145,20 @@ def test_item_and_task_pages_show_status_badges(hr_caller, staff_client, welink_
     assert 'data-status="failed"' in items and 'data-status="completed"' in items
     assert 'data-status="failed"' in tasks and 'data-status="succeeded"' in tasks
     assert "syncservice/console" in tasks  # the stylesheet the badges need
+
+
+def test_object_titles_and_field_labels_read_in_chinese(hr_caller, staff_client, welink_refuses_test002):
+    submit(hr_caller)
+    run_pipeline()
+    task = AccountCreationTask.objects.get(status="failed")
+
+    page = staff_client.get(f"/admin/syncservice/accountcreationtask/{task.pk}/change/").content.decode()
+
+    assert f"任务 {task.pk}（WeLink创建，人员 {task.person_id}）：失败" in page
+    assert "租约令牌" in page and "Lease token" not in page and "Lease expires" not in page
+    attempt = staff_client.get("/admin/syncservice/taskattempt/").content.decode()
+    assert f"任务 {task.pk} 第 1 次执行：永久失败" in attempt
+    for path in ("/admin/syncservice/accountcreationtask/", "/admin/syncservice/account/",
+                 "/admin/syncservice/apiclient/", "/admin/taskmanagement/taskrun/"):
+        text = staff_client.get(path).content.decode()
+        assert not re.search(r"\b(task|person|account) \d+", text), path
