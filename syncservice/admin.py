@@ -176,8 +176,7 @@ def progress_bar(*, total: int, completed: int, failed: int, cancelled: int):
         '<span class="aps-progress-bad" style="width:{}%"></span>'
         '<span class="aps-progress-muted" style="width:{}%"></span></div>'
         '<span class="aps-progress-text">{}/{}</span></div>',
-        title, completed, failed, share(completed), share(failed), share(cancelled),
-        completed + failed + cancelled, total)
+        title, completed, failed, share(completed), share(failed), share(cancelled), completed, total)
 
 
 def error_summary_table(summary: dict | None):
@@ -202,9 +201,10 @@ def changelist_url(model, **filters) -> str:
 
 @admin.register(AccountCreationRequest)
 class AccountCreationRequestAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    # Fits 1366 px beside the filter bar: origin and business key share a column, the counts live in the bar.
-    list_display = ("request_id_column", "origin_column", "request_type", "status_badge", "progress_column",
-                    "failed_column", "priority", "created_column")
+    # Fits 1366 px beside both side bars: origin, business key, type and priority share a column, the counts
+    # live in the bar.
+    list_display = ("request_id_column", "origin_column", "status_badge", "progress_column", "failed_column",
+                    "created_column")
     list_display_links = ("request_id_column",)
     list_filter = ("status", "request_type", "origin_system", "created_at")
     search_fields = ("request_id", "business_key", "items__employee_number")
@@ -301,7 +301,14 @@ class AccountCreationRequestAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnl
 
     @admin.display(description="来源 / 业务键", ordering="origin_system")
     def origin_column(self, obj):
-        return format_html("{}<small>{}</small>", obj.origin_system, obj.business_key)
+        notes = []
+        if obj.request_type != AccountCreationRequest.RequestType.CREATE:
+            notes.append(obj.get_request_type_display())
+        if obj.priority:
+            notes.append(f"优先级 {obj.priority}")
+        return format_html("{}{}<small>{}</small>", obj.origin_system,
+                           format_html('<span class="aps-note">{}</span>', "，".join(notes)) if notes else "",
+                           obj.business_key)
 
     @admin.display(description="创建时间", ordering="created_at")
     def created_column(self, obj):
