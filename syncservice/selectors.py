@@ -40,7 +40,7 @@ def request_get(*, client, request_id: str) -> AccountCreationRequest:
         return requests_visible_to(client).get(request_id=request_id)
     except AccountCreationRequest.DoesNotExist:
         # Another origin's request answers exactly like one that does not exist.
-        raise RequestNotFound(f"No request {request_id!r}.") from None
+        raise RequestNotFound(f"请求 {request_id!r} 不存在。") from None
 
 
 ACCOUNT_STATES = [
@@ -228,7 +228,7 @@ def request_item_get(*, request: AccountCreationRequest, item_id: int) -> Accoun
         return request.items.get(pk=item_id)
     except AccountCreationRequestItem.DoesNotExist:
         # Another request's item answers like one that does not exist.
-        raise RequestNotFound(f"No item {item_id} in request {request.request_id}.") from None
+        raise RequestNotFound(f"请求 {request.request_id} 中没有请求项 {item_id}。") from None
 
 
 def item_attempts(*, item: AccountCreationRequestItem, systems: Iterable[str]) -> QuerySet[TaskAttempt]:
