@@ -16,7 +16,9 @@ class TaskRunAdmin(admin.ModelAdmin):
                     "finished_at", "host")
     list_filter = ("stage", "outcome", "trigger", "dry_run")
     search_fields = ("summary", "host", "triggered_by")
-    readonly_fields = [f.name for f in TaskRun._meta.fields]
+    # The stored summary is English (for the logs and the API); the page shows the Chinese one.
+    fields = ["summary_display" if f.name == "summary" else f.name for f in TaskRun._meta.fields]
+    readonly_fields = fields
     date_hierarchy = "started_at"
 
     def has_add_permission(self, request):

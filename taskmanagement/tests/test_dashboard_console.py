@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from syncservice.tests.fixtures import make_users, run_pipeline, stage, submit
+from taskmanagement.models import TaskRun
 from taskmanagement.selectors import dashboard_charts
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_retries")]
@@ -88,3 +89,11 @@ def test_stage_summaries_on_the_dashboard_and_the_run_list_read_in_chinese(hr_ca
         page = staff_client.get(path).content.decode()
         assert "处理 " in page and "个任务：成功 " in page, path
         assert "processed " not in page and "succeeded," not in page, path
+
+
+def test_a_stage_runs_page_shows_its_summary_in_chinese(hr_caller, staff_client):
+    submit(hr_caller)
+    run_pipeline()
+    run = TaskRun.objects.get(stage="process_account_creation_tasks")
+    page = staff_client.get(f"/admin/taskmanagement/taskrun/{run.pk}/change/").content.decode()
+    assert "处理 6 个任务：成功 6" in page and run.summary not in page
