@@ -1,12 +1,17 @@
 """Django Admin for operators: requests, items, persons, accounts, tasks and API clients."""
 
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
 from config.logging import mask_phone, mask_phones
 
@@ -43,6 +48,41 @@ class AuditedActionsMixin:
     def audit(self, request, obj, action: str, details: dict | None = None) -> None:
         audit_record(actor=request.user, action=action, target=obj, details=details)
         self.log_change(request, obj, Action(action).label)
+
+
+# The colour of a status, whatever the model: these words mean the same in requests, items, tasks, accounts
+# and notifications. A status not named here is shown neutral.
+STATUS_TONES = {
+    "pending": "neutral", "not_created": "neutral",
+    "processing": "active", "synced": "active", "task_created": "active", "running": "active",
+    "waiting": "active", "creating": "active", "sending": "active", "updating": "active",
+    "completed": "ok", "succeeded": "ok", "created": "ok", "delivered": "ok", "linked": "ok",
+    "partial_failed": "warn", "blocked": "warn",
+    "failed": "bad",
+    "cancelled": "muted", "retried": "muted", "disabled": "muted",
+}
+CONSOLE_MEDIA = {"all": ["syncservice/console.css"]}
+
+
+def status_badge(value: str, label: str):
+    return format_html('<span class="aps-badge aps-tone-{}" data-status="{}">{}</span>',
+                       STATUS_TONES.get(value, "neutral"), value, label)
+
+
+class StatusBadgeMixin:
+    """A `status_badge` column and read-only field: the model's status as a coloured badge."""
+
+    class Media:
+        css = CONSOLE_MEDIA
+
+    @admin.display(description="状态", ordering="status")
+    def status_badge(self, obj):
+        return status_badge(obj.status, obj.get_status_display())
+
+
+def with_badge(fields) -> list[str]:
+    """A model's fields for a read-only page, the status shown as its badge."""
+    return ["status_badge" if name == "status" else name for name in fields]
 
 
 class ReadOnlyAdminMixin:
@@ -110,9 +150,9 @@ ATTEMPT_LOG_ROWS = 200
 SYSTEM_LABELS = dict(System.choices)
 
 
-class RequestItemInline(admin.TabularInline):
+class RequestItemInline(StatusBadgeMixin, admin.TabularInline):
     model = AccountCreationRequestItem
-    fields = ("employee_number", "employee_name", "masked_phone", "department_code", "status", "hr_person",
+    fields = ("employee_number", "employee_name", "masked_phone", "department_code", "status_badge", "hr_person",
               "error_message", "updated_at")
     readonly_fields = fields
     extra = 0
@@ -125,26 +165,60 @@ class RequestItemInline(admin.TabularInline):
         return mask_phone(obj.phone_number) if obj.phone_number else ""
 
 
-def progress_bar(request: AccountCreationRequest):
-    percent = request.processed_users * 100 / request.total_users if request.total_users else 0
+def progress_bar(*, total: int, completed: int, failed: int, cancelled: int):
+    """Completed (green), failed (red) and cancelled (grey) parts of a request, side by side: a request that
+    partly failed never shows the full green bar a completed one does."""
+    def share(n: int) -> str:
+        return f"{n * 100 / total:.1f}" if total else "0"
+
+    title = f"已完成 {completed}，失败 {failed}，已取消 {cancelled}，共 {total}"
     return format_html(
-        '<div style="width:120px;background:#eee;border-radius:3px" title="{}">'
-        '<div style="width:{}%;background:#417690;height:10px;border-radius:3px"></div></div>{}',
-        request.progress, f"{percent:.0f}", request.progress,
-    )
+        '<div class="aps-progress" title="{}" data-completed="{}" data-failed="{}">'
+        '<div class="aps-progress-bar"><span class="aps-progress-ok" style="width:{}%"></span>'
+        '<span class="aps-progress-bad" style="width:{}%"></span>'
+        '<span class="aps-progress-muted" style="width:{}%"></span></div>'
+        '<span class="aps-progress-text">{}/{}</span></div>',
+        title, completed, failed, share(completed), share(failed), share(cancelled), completed, total)
+
+
+def error_summary_table(summary: dict | None):
+    """errorSummary as operators read it: one row per reason, the systems and the employee numbers."""
+    if not summary:
+        return "—"
+    operations = dict(AccountCreationTask.Operation.choices)
+    rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+        (SYSTEM_LABELS.get(group.get("system"), group.get("system")) or "—",
+         operations.get(group.get("operation"), "—"), group.get("reason") or "—", group.get("count", 0),
+         "、".join(group.get("employeeNumbers", [])) or "—")
+        for group in summary.get("reasons", [])))
+    return format_html('<p>失败用户 {} 人</p><table class="aps-summary"><thead><tr><th>系统</th><th>操作</th>'
+                       '<th>原因</th><th>人数</th><th>员工编号</th></tr></thead><tbody>{}</tbody></table>',
+                       summary.get("failedUsers", 0), rows)
+
+
+def changelist_url(model, **filters) -> str:
+    url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+    return f"{url}?{urlencode(filters)}" if filters else url
 
 
 @admin.register(AccountCreationRequest)
-class AccountCreationRequestAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("request_id", "request_type", "origin_system", "business_key", "status", "priority",
-                    "total_users", "processed_users", "progress_column", "created_at", "completed_at")
+class AccountCreationRequestAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Fits 1366 px beside both side bars: origin, business key, type and priority share a column, the counts
+    # live in the bar.
+    list_display = ("request_id_column", "origin_column", "status_badge", "progress_column", "failed_column",
+                    "created_column")
+    list_display_links = ("request_id_column",)
     list_filter = ("status", "request_type", "origin_system", "created_at")
     search_fields = ("request_id", "business_key", "items__employee_number")
-    readonly_fields = [f.name for f in AccountCreationRequest._meta.fields] + ["progress_column", "item_counts"]
+    fields = with_badge(f.name for f in AccountCreationRequest._meta.fields
+                        if f.name not in ("error_summary", "error_history")) + [
+        "progress_column", "item_counts", "error_summary_table", "error_history_table"]
+    readonly_fields = fields
     inlines = [RequestItemInline]
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     actions = ["cancel_requests", "retry_requests"]
+    change_form_template = "admin/syncservice/request_change_form.html"
 
     @admin.action(description="取消所选请求")
     def cancel_requests(self, request, queryset):
@@ -169,13 +243,91 @@ class AccountCreationRequestAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin
                 self.message_user(request, exc.message, level=messages.WARNING)
         return done
 
+    # The buttons on a request's page run the list's own actions on that one request: the same permission
+    # check (the action is offered to this user), the same service call, audit entry and history entry.
+    BUTTON_ACTIONS = {"cancel": "cancel_requests", "retry": "retry_requests"}
+
+    def get_urls(self):
+        info = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [
+            path("by-request-id/<str:request_id>/", self.admin_site.admin_view(self.by_request_id_view),
+                 name=f"{info}_by_request_id"),
+            path("<path:object_id>/<str:button>/run/", self.admin_site.admin_view(require_POST(self.button_view)),
+                 name=f"{info}_button"),
+        ]
+        return own + super().get_urls()
+
+    def by_request_id_view(self, request, request_id: str):
+        """/admin/…/accountcreationrequest/by-request-id/<requestId>/: the request's page, by the id callers know."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        found = get_object_or_404(AccountCreationRequest, request_id=request_id)
+        return HttpResponseRedirect(reverse("admin:syncservice_accountcreationrequest_change", args=[found.pk]))
+
+    def button_view(self, request, object_id: str, button: str):
+        action_name = self.BUTTON_ACTIONS.get(button)
+        actions = self.get_actions(request)
+        # What the changelist asks before it runs an action: may the user see the list, is the action offered.
+        if not self.has_view_or_change_permission(request) or action_name not in actions:
+            raise PermissionDenied
+        queryset = self.get_queryset(request).filter(pk=object_id)
+        if not queryset.exists():
+            raise PermissionDenied
+        func, _, _ = actions[action_name]
+        func(self, request, queryset)
+        return HttpResponseRedirect(reverse("admin:syncservice_accountcreationrequest_change", args=[object_id]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, object_id)
+        actions = self.get_actions(request)
+        buttons = []
+        if obj is not None:
+            if obj.status in (AccountCreationRequest.Status.PARTIAL_FAILED, AccountCreationRequest.Status.FAILED) \
+                    and "retry_requests" in actions:
+                buttons.append({"name": "retry", "label": "重试失败用户", "danger": False})
+            if not obj.is_final and "cancel_requests" in actions:
+                buttons.append({"name": "cancel", "label": "取消请求", "danger": True})
+        extra_context = {**(extra_context or {}), "aps_buttons": buttons}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_queryset(self, request):
+        return selectors.requests_with_item_counts(super().get_queryset(request))
+
     def get_search_results(self, request, queryset, search_term):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         return queryset.distinct(), False
 
+    @admin.display(description="请求ID", ordering="request_id")
+    def request_id_column(self, obj):
+        return obj.request_id
+
+    @admin.display(description="来源 / 业务键", ordering="origin_system")
+    def origin_column(self, obj):
+        notes = []
+        if obj.request_type != AccountCreationRequest.RequestType.CREATE:
+            notes.append(obj.get_request_type_display())
+        if obj.priority:
+            notes.append(f"优先级 {obj.priority}")
+        return format_html("{}{}<small>{}</small>", obj.origin_system,
+                           format_html('<span class="aps-note">{}</span>', "，".join(notes)) if notes else "",
+                           obj.business_key)
+
+    @admin.display(description="创建时间", ordering="created_at")
+    def created_column(self, obj):
+        return timezone.localtime(obj.created_at).strftime("%m-%d %H:%M")
+
     @admin.display(description="进度")
     def progress_column(self, obj):
-        return progress_bar(obj)
+        return progress_bar(total=obj.total_users, completed=obj.completed_items, failed=obj.failed_items,
+                            cancelled=obj.cancelled_items)
+
+    @admin.display(description="失败人数", ordering="failed_items")
+    def failed_column(self, obj):
+        if not obj.failed_items:
+            return format_html('<span class="aps-zero" data-failed="{}">{}</span>', 0, 0)
+        url = changelist_url(AccountCreationRequestItem, request__id__exact=obj.pk, status__exact="failed")
+        return format_html('<a class="aps-failed-count" data-failed="{}" href="{}">{}</a>',
+                           obj.failed_items, url, obj.failed_items)
 
     @admin.display(description="各状态人数")
     def item_counts(self, obj):
@@ -183,10 +335,24 @@ class AccountCreationRequestAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin
         labels = dict(AccountCreationRequestItem.Status.choices)
         return "，".join(f"{labels.get(row['status'], row['status'])}: {row['n']}" for row in counts) or "-"
 
+    @admin.display(description="错误摘要")
+    def error_summary_table(self, obj):
+        return error_summary_table(obj.error_summary)
 
-class TaskInline(admin.TabularInline):
+    @admin.display(description="错误历史（重试前的失败）")
+    def error_history_table(self, obj):
+        if not obj.error_history:
+            return "—"
+        return format_html_join("", "<h4>{}（{}，重试于 {}）</h4>{}", (
+            (AccountCreationRequest.Status(entry["status"]).label if entry.get("status") in
+             AccountCreationRequest.Status.values else entry.get("status", ""),
+             entry.get("completedAt") or "—", entry.get("retriedAt") or "—", error_summary_table(entry))
+            for entry in obj.error_history))
+
+
+class TaskInline(StatusBadgeMixin, admin.TabularInline):
     model = AccountCreationTask
-    fields = ("system", "status", "attempts", "max_attempts", "next_attempt_at", "last_error_code", "last_error")
+    fields = ("system", "status_badge", "attempts", "max_attempts", "next_attempt_at", "last_error_code", "last_error")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -195,14 +361,15 @@ class TaskInline(admin.TabularInline):
 
 
 @admin.register(AccountCreationRequestItem)
-class AccountCreationRequestItemAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("employee_number", "employee_name", "masked_phone", "request", "status", "updated_at")
+class AccountCreationRequestItemAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("employee_number", "employee_name", "masked_phone", "request", "status_badge", "updated_at")
     list_filter = ("status", "request__origin_system")
     search_fields = ("employee_number", "request__request_id", "request__business_key")
     list_select_related = ("request",)
     exclude = ("phone_number",)
-    readonly_fields = [f.name for f in AccountCreationRequestItem._meta.fields if f.name != "phone_number"] + [
-        "masked_phone", "attempt_log"]
+    fields = with_badge(f.name for f in AccountCreationRequestItem._meta.fields
+                        if f.name != "phone_number") + ["masked_phone", "attempt_log"]
+    readonly_fields = fields
     inlines = [TaskInline]
     actions = ["retry_items"]
 
@@ -242,9 +409,9 @@ class AccountCreationRequestItemAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, a
             rows, note)
 
 
-class AccountInline(admin.TabularInline):
+class AccountInline(StatusBadgeMixin, admin.TabularInline):
     model = Account
-    fields = ("system", "status", "enabled", "change_status", "external_id", "error_message", "provisioned_at")
+    fields = ("system", "status_badge", "enabled", "change_status", "external_id", "error_message", "provisioned_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -279,13 +446,14 @@ class HrPersonAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Account)
-class AccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("person", "system", "status", "enabled", "change_status", "external_id", "provisioned_at",
+class AccountAdmin(StatusBadgeMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("person", "system", "status_badge", "enabled", "change_status", "external_id", "provisioned_at",
                     "updated_at")
     list_filter = ("system", "status", "enabled", "change_status")
     search_fields = ("person__employee_number", "external_id")
     list_select_related = ("person",)
-    readonly_fields = [f.name for f in Account._meta.fields] + ["history"]
+    fields = with_badge(f.name for f in Account._meta.fields) + ["history"]
+    readonly_fields = fields
     inlines = [AccountEventInline]
 
     @admin.display(description="账号历史（创建与变更）")
@@ -314,13 +482,14 @@ class AttemptInline(admin.TabularInline):
 
 
 @admin.register(AccountCreationTask)
-class AccountCreationTaskAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "person", "system", "operation", "status", "priority", "attempts", "next_attempt_at",
+class AccountCreationTaskAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "person", "system", "operation", "status_badge", "priority", "attempts", "next_attempt_at",
                     "last_error_code", "locked_by", "updated_at")
     list_filter = ("status", "system", "operation")
     search_fields = ("person__employee_number", "request_item__request__request_id")
     list_select_related = ("person",)
-    readonly_fields = [f.name for f in AccountCreationTask._meta.fields]
+    fields = with_badge(f.name for f in AccountCreationTask._meta.fields)
+    readonly_fields = fields
     inlines = [AttemptInline]
     actions = ["retry_tasks"]
 
@@ -351,15 +520,15 @@ class HrSyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("message_id", "request", "channel", "target_display", "status", "attempts", "last_status_code",
-                    "next_attempt_at", "delivered_at")
+class NotificationAdmin(StatusBadgeMixin, AuditedActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("message_id", "request", "channel", "target_display", "status_badge", "attempts",
+                    "last_status_code", "next_attempt_at", "delivered_at")
     list_filter = ("status", "channel")
     search_fields = ("request__request_id", "message_id")
     list_select_related = ("request",)
     # Neither the payload (the status document holds phone numbers) nor the full callback URL (its query may
     # carry the receiver's token) is shown.
-    fields = ("request", "channel", "target_display", "message_id", "status", "attempts", "max_attempts",
+    fields = ("request", "channel", "target_display", "message_id", "status_badge", "attempts", "max_attempts",
               "next_attempt_at", "lease_expires_at", "last_status_code", "last_error", "created_at",
               "delivered_at")
     readonly_fields = fields

@@ -33,20 +33,20 @@ class ApiClient(models.Model):
     name = models.CharField("名称", max_length=100, unique=True)
     origin_system = models.CharField(
         "来源系统", max_length=64, blank=True, default="", db_index=True,
-        help_text="The originSystem this client may submit and read; empty for operators.",
+        help_text="此客户端可提交和查询的 originSystem；运维客户端留空。",
     )
     is_operator = models.BooleanField("运维客户端", default=False)
     is_active = models.BooleanField("启用", default=True)
-    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hash = models.CharField("令牌摘要", max_length=64, unique=True, editable=False)
     token_hint = models.CharField("令牌前缀", max_length=16, editable=False)
     default_priority = models.SmallIntegerField("默认优先级", default=0)
     throttle_rate = models.CharField(
         "限流速率", max_length=32, blank=True, default="", validators=[validate_throttle_rate],
-        help_text="Requests allowed, e.g. '120/min' or '10/s'; empty: the default (API_THROTTLE_RATE).",
+        help_text="允许的请求速率，如 120/min 或 10/s；留空则用默认值（API_THROTTLE_RATE）。",
     )
-    webhook_secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    webhook_secret_encrypted = models.TextField("回调密钥（加密）", blank=True, default="", editable=False)
     notify_email = models.EmailField("通知邮箱", blank=True, default="",
-                                     help_text="Receives an email when one of this client's requests ends.")
+                                     help_text="此客户端的请求结束时，向该地址发送邮件。")
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     last_used_at = models.DateTimeField("最近使用", null=True, blank=True, editable=False)
 
@@ -142,13 +142,13 @@ class Account(models.Model):
     provisioned_at = models.DateTimeField("开通时间", null=True, blank=True)
     # Database defaults too: the stages insert accounts and tasks in set-based SQL that names the old columns.
     enabled = models.BooleanField("应启用", default=True, db_default=True,
-                                  help_text="False once the person left (HR or a deactivation request).")
+                                  help_text="人员离职后（HR 或停用请求）为否。")
     applied = models.JSONField("目标系统现值", default=dict, db_default={}, blank=True,
-                               help_text="The values and active state the target was last given.")
+                               help_text="最近一次写入目标系统的字段值与启用状态。")
     change_status = models.CharField("变更状态", max_length=16, choices=ChangeStatus.choices, blank=True,
                                      default=ChangeStatus.NONE, db_default=ChangeStatus.NONE)
     last_change = models.JSONField("最近变更", default=dict, db_default={}, blank=True,
-                                   help_text="The last change applied or tried: operation, fields, result, code.")
+                                   help_text="最近一次执行或尝试的变更：操作、字段、结果、代码。")
 
     class Meta:
         verbose_name = "账号"
@@ -159,7 +159,7 @@ class Account(models.Model):
         indexes = [models.Index(fields=["system", "status"], name="account_system_status")]
 
     def __str__(self):
-        return f"{self.person_id}/{self.system}: {self.status}"
+        return f"人员 {self.person_id} 的{self.get_system_display()}账号：{self.get_status_display()}"
 
 
 class AccountCreationRequest(models.Model):
@@ -193,7 +193,7 @@ class AccountCreationRequest(models.Model):
     error_summary = models.JSONField("错误摘要", null=True, blank=True)
     error_history = models.JSONField(
         "历史错误", default=list, blank=True,
-        help_text="Every error summary a retry cleared, oldest first, with the status it had and when it was retried.",
+        help_text="每次重试前的错误摘要（最早的在前），附当时的状态与重试时间。",
     )
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)
@@ -320,7 +320,7 @@ class AccountCreationTask(models.Model):
     operation = models.CharField("操作", max_length=16, choices=Operation.choices, default=Operation.CREATE,
                                  db_default=Operation.CREATE)
     change = models.JSONField("变更内容", default=dict, db_default={}, blank=True,
-                              help_text="A change's wanted values, fields and active state; empty for a creation.")
+                              help_text="变更要写入的字段值与启用状态；创建任务为空。")
     status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING)
     request_item = models.ForeignKey(
         AccountCreationRequestItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks",
@@ -332,7 +332,7 @@ class AccountCreationTask(models.Model):
     next_attempt_at = models.DateTimeField("下次执行时间", default=timezone.now)
     lease_expires_at = models.DateTimeField("租约到期", null=True, blank=True)
     locked_by = models.CharField("执行者", max_length=128, blank=True, default="")
-    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    lease_token = models.CharField("租约令牌", max_length=32, blank=True, default="", editable=False)
     backend_state = models.JSONField("目标系统状态", default=dict, blank=True)
     last_error_code = models.CharField("最近错误码", max_length=64, blank=True, default="")
     last_error = models.TextField("最近错误", blank=True, default="")
@@ -363,7 +363,8 @@ class AccountCreationTask(models.Model):
         ]
 
     def __str__(self):
-        return f"task {self.pk} {self.system} person {self.person_id}: {self.status}"
+        return (f"任务 {self.pk}（{self.get_system_display()}{self.get_operation_display()}，人员 {self.person_id}）："
+                f"{self.get_status_display()}")
 
 
 class TaskAttempt(models.Model):
@@ -393,7 +394,7 @@ class TaskAttempt(models.Model):
         indexes = [models.Index(fields=["task", "started_at"], name="attempt_task")]
 
     def __str__(self):
-        return f"task {self.task_id} #{self.attempt_number}: {self.outcome}"
+        return f"任务 {self.task_id} 第 {self.attempt_number} 次执行：{self.get_outcome_display()}"
 
 
 class AccountEvent(models.Model):
@@ -422,13 +423,13 @@ class AccountEvent(models.Model):
         indexes = [models.Index(fields=["account", "created_at"], name="account_event_account")]
 
     def __str__(self):
-        return f"{self.account_id} {self.operation}: {self.result}"
+        return f"账号 {self.account_id} {self.get_operation_display()}：{self.get_result_display()}"
 
 
 class HrSyncState(models.Model):
     """Watermark of the incremental HR sync: the (last_update_date, person_id) read up to."""
 
-    name = models.CharField(max_length=64, unique=True, default="default")
+    name = models.CharField("名称", max_length=64, unique=True, default="default")
     watermark_updated_at = models.DateTimeField("水位时间", null=True, blank=True)
     watermark_person_id = models.BigIntegerField("水位人员ID", null=True, blank=True)
     last_run_at = models.DateTimeField("最近运行", null=True, blank=True)
@@ -466,7 +467,7 @@ class LocalTargetAccount(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.system}:{self.employee_number}"
+        return f"{self.get_system_display()}：{self.employee_number}"
 
 
 class Notification(models.Model):
@@ -493,7 +494,7 @@ class Notification(models.Model):
     max_attempts = models.IntegerField("最大尝试次数", default=8)
     next_attempt_at = models.DateTimeField("下次发送时间", default=timezone.now)
     lease_expires_at = models.DateTimeField("租约到期", null=True, blank=True)
-    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    lease_token = models.CharField("租约令牌", max_length=32, blank=True, default="", editable=False)
     last_status_code = models.IntegerField("最近响应码", null=True, blank=True)
     last_error = models.TextField("最近错误", blank=True, default="")
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
@@ -508,7 +509,7 @@ class Notification(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.channel} {self.message_id}: {self.status}"
+        return f"{self.get_channel_display()}通知 {self.message_id}：{self.get_status_display()}"
 
 
 class TargetThrottle(models.Model):
@@ -525,7 +526,7 @@ class TargetThrottle(models.Model):
         verbose_name_plural = "目标系统限速"
 
     def __str__(self):
-        return self.system
+        return self.get_system_display()
 
 
 class AuditEntry(models.Model):
@@ -566,13 +567,13 @@ class AuditEntry(models.Model):
     actor_client = models.ForeignKey(ApiClient, verbose_name="API 客户端", null=True, blank=True,
                                      on_delete=models.SET_NULL, related_name="+")
     action = models.CharField("操作", max_length=64, choices=Action.choices)
-    object_type = models.CharField("对象类型", max_length=100, help_text="app_label.model, e.g. "
-                                                                       "syncservice.accountcreationrequest")
+    object_type = models.CharField("对象类型", max_length=100, help_text="app_label.model，"
+                                                                       "如 syncservice.accountcreationrequest")
     object_id = models.CharField("对象ID", max_length=64)
     object_repr = models.CharField("对象", max_length=200)
     request_id = models.CharField("请求追踪ID", max_length=128, blank=True, default="",
-                                  help_text="The request id of the API or admin request, or the stage run, "
-                                            "as in the log lines.")
+                                  help_text="API 或管理后台请求的请求ID，或阶段运行的ID，"
+                                            "与日志中的一致。")
     details = models.JSONField("详情", default=dict, blank=True)
 
     class Meta:
@@ -590,7 +591,7 @@ class AuditEntry(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_repr}"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.get_action_display()} {self.object_repr}"
 
     def save(self, *args, **kwargs):
         if not self._state.adding:
@@ -617,7 +618,7 @@ class ReconciliationRun(models.Model):
     systems = models.JSONField("系统", default=list)
     started_at = models.DateTimeField("开始时间", default=timezone.now)
     finished_at = models.DateTimeField("结束时间", null=True, blank=True)
-    counts = models.JSONField("发现统计", default=dict, blank=True, help_text="Findings per kind.")
+    counts = models.JSONField("发现统计", default=dict, blank=True, help_text="各类发现的数量。")
     # Per system: target accounts read, ours compared, whether orphans could be checked, where it stopped.
     compared = models.JSONField("比对情况", default=dict, blank=True)
     # Per system: repairs planned and opened, the guard's limit, whether the guard held them back.
@@ -631,7 +632,7 @@ class ReconciliationRun(models.Model):
         ordering = ("-started_at", "-id")
 
     def __str__(self):
-        return f"reconciliation {self.pk} {self.started_at:%Y-%m-%d %H:%M}: {self.status}"
+        return f"对账 {self.pk}（{self.started_at:%Y-%m-%d %H:%M}）：{self.get_status_display()}"
 
 
 class ReconciliationFinding(models.Model):
@@ -669,7 +670,7 @@ class ReconciliationFinding(models.Model):
         indexes = [models.Index(fields=["run", "system", "kind"], name="finding_run_system_kind")]
 
     def __str__(self):
-        return f"{self.system} {self.employee_number} {self.kind} {self.field}".strip()
+        return f"{self.get_system_display()} {self.employee_number} {self.get_kind_display()} {self.field}".strip()
 
 
 class OrphanAction(models.Model):

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db.models import Count, F, FilteredRelation, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from config.logging import mask_phones
 
@@ -39,7 +40,7 @@ def request_get(*, client, request_id: str) -> AccountCreationRequest:
         return requests_visible_to(client).get(request_id=request_id)
     except AccountCreationRequest.DoesNotExist:
         # Another origin's request answers exactly like one that does not exist.
-        raise RequestNotFound(f"No request {request_id!r}.") from None
+        raise RequestNotFound(f"请求 {request_id!r} 不存在。") from None
 
 
 ACCOUNT_STATES = [
@@ -227,7 +228,7 @@ def request_item_get(*, request: AccountCreationRequest, item_id: int) -> Accoun
         return request.items.get(pk=item_id)
     except AccountCreationRequestItem.DoesNotExist:
         # Another request's item answers like one that does not exist.
-        raise RequestNotFound(f"No item {item_id} in request {request.request_id}.") from None
+        raise RequestNotFound(f"请求 {request.request_id} 中没有请求项 {item_id}。") from None
 
 
 def item_attempts(*, item: AccountCreationRequestItem, systems: Iterable[str]) -> QuerySet[TaskAttempt]:
@@ -292,3 +293,17 @@ def account_history(account: Account) -> list[dict]:
                  "code": e.code, "message": e.message, "outcome": ""}
                 for e in account.events.order_by("created_at", "id")]
     return sorted(entries, key=lambda entry: entry["at"])
+
+
+def requests_with_item_counts(queryset: QuerySet[AccountCreationRequest]) -> QuerySet[AccountCreationRequest]:
+    """Requests with their completed, failed and cancelled items counted (`completed_items`, …), in the same
+    query: subqueries, so that a join the caller adds (a search by employee number) cannot inflate them."""
+    Status = AccountCreationRequestItem.Status
+
+    def ended(status: str):
+        return Subquery(AccountCreationRequestItem.objects.filter(request_id=OuterRef("pk"), status=status)
+                        .order_by().values("request_id").annotate(n=Count("id")).values("n")[:1])
+
+    return queryset.annotate(
+        completed_items=Coalesce(ended(Status.COMPLETED), 0), failed_items=Coalesce(ended(Status.FAILED), 0),
+        cancelled_items=Coalesce(ended(Status.CANCELLED), 0))

@@ -133,20 +133,20 @@ def _text(errors: _Errors, data: dict, key: str, path: str, *, max_length: int, 
     value = data.get(key)
     if value is None:
         if required:
-            errors.add(path, "required", "This field is required.")
+            errors.add(path, "required", "此字段为必填项。")
         return ""
     if not isinstance(value, str):
-        errors.add(path, "invalid_type", "Must be a string.")
+        errors.add(path, "invalid_type", "必须是字符串。")
         return ""
     if len(value) > max_length:
-        errors.add(path, "too_long", f"At most {max_length} characters.")
+        errors.add(path, "too_long", f"最多 {max_length} 个字符。")
         return ""
     if _forbidden_chars_re.search(value):
-        errors.add(path, "invalid_characters", "Contains control or invisible formatting characters.")
+        errors.add(path, "invalid_characters", "含有控制字符或不可见的格式字符。")
         return ""
     if not value.strip():
         if required:
-            errors.add(path, "blank", "May not be blank.")
+            errors.add(path, "blank", "不能为空白。")
         return ""
     if pattern is not None:
         if not pattern.fullmatch(value):
@@ -157,7 +157,7 @@ def _text(errors: _Errors, data: dict, key: str, path: str, *, max_length: int, 
     if not unicodedata.is_normalized("NFC", value):
         value = unicodedata.normalize("NFC", value)
         if len(value) > max_length:  # a few characters expand under NFC; the column holds max_length
-            errors.add(path, "too_long", f"At most {max_length} characters in normal form C.")
+            errors.add(path, "too_long", f"按 NFC 规范化后最多 {max_length} 个字符。")
             return ""
     return value
 
@@ -177,14 +177,14 @@ def normalize_phone(value: str) -> str | None:
 def _validate_user(errors: _Errors, user, index: int) -> dict | None:
     prefix = f"userList[{index}]"
     if not isinstance(user, dict):
-        errors.add(prefix, "invalid_type", "Each user must be an object.")
+        errors.add(prefix, "invalid_type", "每个用户必须是一个对象。")
         return None
     for key in sorted(user.keys() - USER_FIELDS):
-        errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "Unknown field.")
+        errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "未知字段。")
     employee_number = _text(
         errors, user, "employeeNumber", f"{prefix}.employeeNumber", max_length=EMPLOYEE_NUMBER_MAX, required=True,
         pattern=_employee_number_re,
-        pattern_message="Letters, digits, '.', '_' and '-' only, starting with a letter or digit.",
+        pattern_message="只能包含字母、数字、“.”、“_”和“-”，且以字母或数字开头。",
     )
     employee_name = _text(errors, user, "employeeName", f"{prefix}.employeeName",
                           max_length=EMPLOYEE_NAME_MAX, required=True)
@@ -197,8 +197,7 @@ def _validate_user(errors: _Errors, user, index: int) -> dict | None:
         phone = normalize_phone(raw_phone) or ""
         if not phone:
             errors.add(f"{prefix}.phoneNumber", "invalid_phone",
-                       "Must be a mainland mobile number (11 digits, starting 13-19) "
-                       "or an international number starting with '+'.")
+                       "必须是中国大陆手机号（11 位，以 13–19 开头）或以“+”开头的国际号码。")
     partner_company = _text(errors, user, "partnerCompany", f"{prefix}.partnerCompany",
                             max_length=PARTNER_COMPANY_MAX, required=False)
     country = _text(errors, user, "country", f"{prefix}.country", max_length=COUNTRY_MAX, required=False)
@@ -219,10 +218,10 @@ def _validate_priority(errors: _Errors, data: dict) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON Schema counts 5.0 as an integer, and so does the API
     if isinstance(value, bool) or not isinstance(value, int):
-        errors.add("priority", "invalid_type", "Must be an integer.")
+        errors.add("priority", "invalid_type", "必须是整数。")
         return None
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        errors.add("priority", "out_of_range", f"Must be between {PRIORITY_MIN} and {PRIORITY_MAX}.")
+        errors.add("priority", "out_of_range", f"必须在 {PRIORITY_MIN} 到 {PRIORITY_MAX} 之间。")
         return None
     return value
 
@@ -257,7 +256,7 @@ def resolve_host(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise CallbackHostUnresolved(f"The host {host!r} could not be resolved.") from e
+        raise CallbackHostUnresolved(f"无法解析主机 {host!r}。") from e
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
@@ -285,32 +284,32 @@ def check_callback_url(url: str) -> CallbackTarget:
     public one. Called at intake and again right before each delivery, because DNS answers change.
     """
     if len(url) > CALLBACK_URL_MAX:
-        raise CallbackUrlRejected(f"At most {CALLBACK_URL_MAX} characters.")
+        raise CallbackUrlRejected(f"最多 {CALLBACK_URL_MAX} 个字符。")
     if any(ch.isspace() for ch in url) or _forbidden_chars_re.search(url):
-        raise CallbackUrlRejected("Must not contain spaces or control characters.")
+        raise CallbackUrlRejected("不能包含空格或控制字符。")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise CallbackUrlRejected(f"Not a valid URL: {e}.") from e
+        raise CallbackUrlRejected(f"不是有效的 URL：{e}。") from e
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
-        raise CallbackUrlRejected("Must be an https:// URL.")
+        raise CallbackUrlRejected("必须是 https:// 地址。")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise CallbackUrlRejected("Must not contain credentials (user:password@).")
+        raise CallbackUrlRejected("不能包含用户名和密码（user:password@）。")
     raw_host = (parts.hostname or "").rstrip(".")
     if not raw_host:
-        raise CallbackUrlRejected("Must name a host.")
+        raise CallbackUrlRejected("必须包含主机名。")
     try:
         host = raw_host.encode("idna").decode("ascii").lower()
     except UnicodeError as e:
-        raise CallbackUrlRejected(f"The host {raw_host!r} is not a valid host name.") from e
+        raise CallbackUrlRejected(f"{raw_host!r} 不是有效的主机名。") from e
     if port == 0:
-        raise CallbackUrlRejected("Port 0 is not a valid port.")
+        raise CallbackUrlRejected("端口 0 不是有效端口。")
     port = port or (443 if scheme == "https" else 80)
     allow_listed = host in _allowed_hosts()
     if scheme == "http" and not allow_listed:
-        raise CallbackUrlRejected("Must be an https:// URL (plain http is accepted only for allow-listed hosts).")
+        raise CallbackUrlRejected("必须是 https:// 地址（仅白名单中的主机可用 http）。")
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
@@ -318,15 +317,15 @@ def check_callback_url(url: str) -> CallbackTarget:
         return CallbackTarget(scheme, host, port, path, addresses=())
     try:
         addresses = [str(ipaddress.ip_address(host))]
-        verb = "is"
+        verb = "是"
     except ValueError:
         addresses = resolve_host(host, port)
-        verb = "resolves to"
+        verb = "解析到"
     refused = [address for address in addresses if forbidden_address(address)]
     if refused:
         raise CallbackUrlRejected(
-            f"The host {host!r} {verb} a private, loopback, link-local or reserved address "
-            f"({', '.join(refused)}); callbacks may only go to public addresses."
+            f"主机 {host!r} {verb}私有、回环、链路本地或保留地址（{', '.join(refused)}）；"
+            "回调只能发往公网地址。"
         )
     return CallbackTarget(scheme, host, port, path, addresses=tuple(addresses))
 
@@ -336,14 +335,14 @@ def _validate_callback_url(errors: _Errors, data: dict) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        errors.add("callbackUrl", "invalid_type", "Must be a string.")
+        errors.add("callbackUrl", "invalid_type", "必须是字符串。")
         return ""
     # Length and characters of the value as sent, as the schema states them; the policy checks the rest.
     if len(value) > CALLBACK_URL_MAX:
-        errors.add("callbackUrl", "invalid_callback_url", f"At most {CALLBACK_URL_MAX} characters.")
+        errors.add("callbackUrl", "invalid_callback_url", f"最多 {CALLBACK_URL_MAX} 个字符。")
         return ""
     if _forbidden_chars_re.search(value):
-        errors.add("callbackUrl", "invalid_callback_url", "Must not contain spaces or control characters.")
+        errors.add("callbackUrl", "invalid_callback_url", "不能包含空格或控制字符。")
         return ""
     value = value.strip()
     if not value:
@@ -361,15 +360,15 @@ def _user_list(errors: _Errors, data: dict, *, empty_message: str) -> list:
     raw_users = data.get("userList")
     max_users = settings.MAX_USERS_PER_REQUEST
     if raw_users is None:
-        errors.add("userList", "required", "This field is required.")
+        errors.add("userList", "required", "此字段为必填项。")
     elif not isinstance(raw_users, list):
-        errors.add("userList", "invalid_type", "Must be a list.")
+        errors.add("userList", "invalid_type", "必须是列表。")
     elif not raw_users:
         errors.add("userList", "empty", empty_message)
     elif len(raw_users) > max_users:
         # Do not validate each user of an oversized batch: one clear error is more useful than thousands.
         errors.add("userList", "too_many_users",
-                   f"At most {max_users} users per request; split the batch (got {len(raw_users)}).")
+                   f"每个请求最多 {max_users} 个用户，请拆分批次（收到 {len(raw_users)} 个）。")
     else:
         return raw_users
     return []
@@ -382,7 +381,7 @@ def _check_unique(errors: _Errors, seen: dict[str, int], number: str, index: int
     folded = number.upper()
     if folded in seen:
         errors.add(f"userList[{index}].employeeNumber", "duplicate",
-                   f"Employee number {number} also appears at userList[{seen[folded]}].")
+                   f"员工编号 {number} 已出现在 userList[{seen[folded]}]。")
         return False
     seen[folded] = index
     return True
@@ -391,14 +390,14 @@ def _check_unique(errors: _Errors, seen: dict[str, int], number: str, index: int
 def validate_create_accounts(data) -> ValidatedBatch:
     """Validate and normalize a create_accounts body; raise PayloadInvalid with every error found."""
     if not isinstance(data, dict):
-        raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
+        raise PayloadInvalid("请求体必须是 JSON 对象。", code="invalid_body")
     errors = _Errors()
     for key in sorted(data.keys() - TOP_LEVEL_FIELDS):
-        errors.add(describe_key(key), "unknown_field", "Unknown field.")
+        errors.add(describe_key(key), "unknown_field", "未知字段。")
 
     origin_system = _text(errors, data, "originSystem", "originSystem", max_length=ORIGIN_SYSTEM_MAX,
                           required=True, pattern=ORIGIN_SYSTEM_RE,
-                          pattern_message="Letters, digits, '.', '_' and '-' only.")
+                          pattern_message="只能包含字母、数字、“.”、“_”和“-”。")
     business_key = _text(errors, data, "businessKey", "businessKey", max_length=BUSINESS_KEY_MAX, required=True)
     account_type = _text(errors, data, "accountType", "accountType", max_length=ACCOUNT_TYPE_MAX, required=True)
     employee_type = _text(errors, data, "employeeType", "employeeType", max_length=EMPLOYEE_TYPE_MAX,
@@ -410,7 +409,7 @@ def validate_create_accounts(data) -> ValidatedBatch:
 
     users: list[dict] = []
     seen: dict[str, int] = {}
-    for index, raw_user in enumerate(_user_list(errors, data, empty_message="Submit at least one user.")):
+    for index, raw_user in enumerate(_user_list(errors, data, empty_message="请至少提交一个用户。")):
         user = _validate_user(errors, raw_user, index)
         if user is None:
             continue
@@ -419,7 +418,7 @@ def validate_create_accounts(data) -> ValidatedBatch:
 
     if errors.items:
         raise PayloadInvalid(
-            f"The request has {len(errors.items)} invalid field(s).", errors=errors.items,
+            f"请求中有 {len(errors.items)} 个字段无效。", errors=errors.items,
         )
     batch = ValidatedBatch(
         origin_system=origin_system, business_key=business_key, account_type=account_type,
@@ -470,17 +469,17 @@ def _validate_system_list(errors: _Errors, raw_systems, *, required: bool) -> li
     system_list: list[str] = []
     if raw_systems is None:
         if required:
-            errors.add("systemList", "required", "This field is required.")
+            errors.add("systemList", "required", "此字段为必填项。")
     elif not isinstance(raw_systems, list):
-        errors.add("systemList", "invalid_type", "Must be a list.")
+        errors.add("systemList", "invalid_type", "必须是列表。")
     elif not raw_systems:
-        errors.add("systemList", "empty", "Name at least one system.")
+        errors.add("systemList", "empty", "请至少指定一个系统。")
     else:
         for index, system in enumerate(raw_systems):
             if not isinstance(system, str) or system not in systems:
-                errors.add(f"systemList[{index}]", "invalid_choice", f"Must be one of: {', '.join(systems)}.")
+                errors.add(f"systemList[{index}]", "invalid_choice", f"必须是以下之一：{', '.join(systems)}。")
             elif system in system_list:
-                errors.add(f"systemList[{index}]", "duplicate", f"'{system}' is listed twice.")
+                errors.add(f"systemList[{index}]", "duplicate", f"“{system}”重复出现。")
             else:
                 system_list.append(system)
     return system_list
@@ -491,33 +490,33 @@ def validate_deactivate_accounts(data) -> ValidatedDeactivation:
 
     Whether each person was submitted by this origin is checked against the database at intake."""
     if not isinstance(data, dict):
-        raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
+        raise PayloadInvalid("请求体必须是 JSON 对象。", code="invalid_body")
     errors = _Errors()
     for key in sorted(data.keys() - DEACTIVATE_FIELDS):
-        errors.add(describe_key(key), "unknown_field", "Unknown field.")
+        errors.add(describe_key(key), "unknown_field", "未知字段。")
     origin_system = _text(errors, data, "originSystem", "originSystem", max_length=ORIGIN_SYSTEM_MAX,
                           required=True, pattern=ORIGIN_SYSTEM_RE,
-                          pattern_message="Letters, digits, '.', '_' and '-' only.")
+                          pattern_message="只能包含字母、数字、“.”、“_”和“-”。")
     business_key = _text(errors, data, "businessKey", "businessKey", max_length=BUSINESS_KEY_MAX, required=True)
     priority = _validate_priority(errors, data)
     callback_url = _validate_callback_url(errors, data)
     system_list = _validate_system_list(errors, data.get("systemList"), required=False)
     numbers: list[str] = []
     seen: dict[str, int] = {}
-    for index, user in enumerate(_user_list(errors, data, empty_message="Name at least one user.")):
+    for index, user in enumerate(_user_list(errors, data, empty_message="请至少指定一个用户。")):
         prefix = f"userList[{index}]"
         if not isinstance(user, dict):
-            errors.add(prefix, "invalid_type", "Each user must be an object.")
+            errors.add(prefix, "invalid_type", "每个用户必须是一个对象。")
             continue
         for key in sorted(user.keys() - DEACTIVATE_USER_FIELDS):
-            errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "Unknown field.")
+            errors.add(f"{prefix}.{describe_key(key)}", "unknown_field", "未知字段。")
         number = _text(errors, user, "employeeNumber", f"{prefix}.employeeNumber",
                        max_length=EMPLOYEE_NUMBER_MAX, required=True, pattern=_employee_number_re,
-                       pattern_message="Letters, digits, '.', '_' and '-' only, starting with a letter or digit.")
+                       pattern_message="只能包含字母、数字、“.”、“_”和“-”，且以字母或数字开头。")
         if _check_unique(errors, seen, number, index):
             numbers.append(number)
     if errors.items:
-        raise PayloadInvalid(f"The request has {len(errors.items)} invalid field(s).", errors=errors.items)
+        raise PayloadInvalid(f"请求中有 {len(errors.items)} 个字段无效。", errors=errors.items)
     batch = ValidatedDeactivation(origin_system=origin_system, business_key=business_key, system_list=system_list,
                                   employee_numbers=numbers, priority=priority, callback_url=callback_url)
     document = {"requestType": "deactivate", "originSystem": origin_system, "businessKey": business_key,

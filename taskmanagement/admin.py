@@ -6,16 +6,19 @@ from django.contrib import admin
 
 from syncservice.models import AuditEntry
 
+from .dashboard import run_summary
 from .models import StageHeartbeat, TaskRun
 
 
 @admin.register(TaskRun)
 class TaskRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "stage", "trigger", "dry_run_mark", "outcome", "summary", "started_at", "finished_at",
-                    "host")
+    list_display = ("id", "stage", "trigger", "dry_run_mark", "outcome", "summary_display", "started_at",
+                    "finished_at", "host")
     list_filter = ("stage", "outcome", "trigger", "dry_run")
     search_fields = ("summary", "host", "triggered_by")
-    readonly_fields = [f.name for f in TaskRun._meta.fields]
+    # The stored summary is English (for the logs and the API); the page shows the Chinese one.
+    fields = ["summary_display" if f.name == "summary" else f.name for f in TaskRun._meta.fields]
+    readonly_fields = fields
     date_hierarchy = "started_at"
 
     def has_add_permission(self, request):
@@ -23,6 +26,10 @@ class TaskRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="摘要")
+    def summary_display(self, obj):
+        return run_summary(obj)
 
     # Django's boolean icons would mark every real run with a red cross, which reads as an error.
     @admin.display(description="试运行", ordering="dry_run")

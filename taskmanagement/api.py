@@ -30,7 +30,7 @@ from .services import stage_run
 class StageFailed(ServiceError):
     code = "stage_failed"
     status_code = 500
-    default_message = "The stage failed."
+    default_message = "阶段运行失败。"
 
 
 def run_document(run: TaskRun) -> dict:
@@ -84,21 +84,21 @@ class StageRunView(APIView):
     def post(self, request):
         data = request.data
         if not isinstance(data, dict):
-            raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
+            raise PayloadInvalid("请求体必须是 JSON 对象。", code="invalid_body")
         mode = data.get("mode")
         unknown = sorted(set(data) - {"mode"})
-        errors = [{"field": describe_key(key), "code": "unknown_field", "message": "Unknown field."}
+        errors = [{"field": describe_key(key), "code": "unknown_field", "message": "未知字段。"}
                   for key in unknown]
         if mode not in ("run", "dry_run"):
-            errors.insert(0, {"field": "mode", "code": "invalid_choice", "message": "Must be 'run' or 'dry_run'."})
+            errors.insert(0, {"field": "mode", "code": "invalid_choice", "message": "必须是“run”或“dry_run”。"})
         if errors:
-            raise PayloadInvalid(f"The request has {len(errors)} invalid field(s).", errors=errors)
+            raise PayloadInvalid(f"请求中有 {len(errors)} 个字段无效。", errors=errors)
         try:
             run = stage_run(stage=self.stage, trigger=TaskRun.Trigger.API, dry_run=mode == "dry_run",
                             triggered_by=principal_name(request.user))
         except Exception as exc:
             last = TaskRun.objects.filter(stage=self.stage).order_by("-id").first()
-            raise StageFailed(f"{self.stage} failed: {type(exc).__name__}: {exc}",
+            raise StageFailed(f"阶段 {self.stage} 运行失败：{type(exc).__name__}: {exc}",
                               extra={"runId": last.pk if last else None}) from exc
         # After the run, which commits as it goes: a stage that failed is recorded only as its failed TaskRun.
         audit_record(actor=request.user, action=Action.STAGE_RUN, target=run, details={"dryRun": run.dry_run})
@@ -182,26 +182,26 @@ class ReconcileInputSerializer(StrictSerializer):
 
 def _reconcile_input(data) -> dict:
     if not isinstance(data, dict):
-        raise PayloadInvalid("The request body must be a JSON object.", code="invalid_body")
-    errors = [{"field": describe_key(key), "code": "unknown_field", "message": "Unknown field."}
+        raise PayloadInvalid("请求体必须是 JSON 对象。", code="invalid_body")
+    errors = [{"field": describe_key(key), "code": "unknown_field", "message": "未知字段。"}
               for key in sorted(set(data) - RECONCILE_FIELDS)]
     if data.get("mode") not in ("run", "dry_run"):
-        errors.append({"field": "mode", "code": "invalid_choice", "message": "Must be 'run' or 'dry_run'."})
+        errors.append({"field": "mode", "code": "invalid_choice", "message": "必须是“run”或“dry_run”。"})
     for flag in ("repair", "force"):
         if flag in data and not isinstance(data[flag], bool):
-            errors.append({"field": flag, "code": "invalid_type", "message": "Must be true or false."})
+            errors.append({"field": flag, "code": "invalid_type", "message": "必须是 true 或 false。"})
     systems = data.get("systems")
     if systems is not None:
         if not isinstance(systems, list) or not systems:
-            errors.append({"field": "systems", "code": "invalid_type", "message": "Must be a non-empty list."})
+            errors.append({"field": "systems", "code": "invalid_type", "message": "必须是非空列表。"})
         else:
             for index, system in enumerate(systems):
                 if system not in settings.PROVISIONING_SYSTEMS or systems.index(system) != index:
                     errors.append({"field": f"systems[{index}]", "code": "invalid_choice",
-                                   "message": f"Must be one of: {', '.join(settings.PROVISIONING_SYSTEMS)}, "
-                                              "each at most once."})
+                                   "message": f"必须是以下之一：{', '.join(settings.PROVISIONING_SYSTEMS)}，"
+                                              "每个最多一次。"})
     if errors:
-        raise PayloadInvalid(f"The request has {len(errors)} invalid field(s).", errors=errors)
+        raise PayloadInvalid(f"请求中有 {len(errors)} 个字段无效。", errors=errors)
     return {"dry_run": data["mode"] == "dry_run", "repair": data.get("repair", False),
             "force": data.get("force", False), "systems": systems}
 
@@ -222,7 +222,7 @@ class ReconcileAccountsView(APIView):
                             triggered_by=principal_name(request.user), **options)
         except Exception as exc:
             last = TaskRun.objects.filter(stage=TaskRun.Stage.RECONCILE_ACCOUNTS).order_by("-id").first()
-            raise StageFailed(f"reconcile_accounts failed: {type(exc).__name__}: {exc}",
+            raise StageFailed(f"阶段 reconcile_accounts 运行失败：{type(exc).__name__}: {exc}",
                               extra={"runId": last.pk if last else None}) from exc
         audit_record(actor=request.user, action=Action.STAGE_RUN, target=run,
                      details={"dryRun": run.dry_run, "repair": options["repair"], "force": options["force"]})
@@ -318,7 +318,7 @@ class ReconciliationDetailView(APIView):
         run = ReconciliationRun.objects.filter(pk=int(run_id)).first() if run_id.isdigit() and \
             len(run_id) < 19 else None
         if run is None:
-            raise RunNotFound(f"No reconciliation {describe_key(run_id)!r}.")
+            raise RunNotFound(f"对账 {describe_key(run_id)!r} 不存在。")
         findings = run.findings.order_by("system", "kind", "employee_number", "id")
         if system:
             findings = findings.filter(system=system)
@@ -335,4 +335,4 @@ class ReconciliationDetailView(APIView):
 class RunNotFound(ServiceError):
     code = "not_found"
     status_code = 404
-    default_message = "Not found."
+    default_message = "未找到。"

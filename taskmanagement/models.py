@@ -40,7 +40,7 @@ class TaskRun(models.Model):
         indexes = [models.Index(fields=["stage", "-started_at"], name="taskrun_stage_recent")]
 
     def __str__(self):
-        return f"{self.stage} {self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome}"
+        return f"{self.get_stage_display()} {self.started_at:%Y-%m-%d %H:%M:%S}：{self.get_outcome_display()}"
 
 
 class StageHeartbeat(models.Model):
@@ -61,5 +61,5 @@ class StageHeartbeat(models.Model):
         verbose_name_plural = "阶段心跳"
 
     def __str__(self):
-        return f"{self.stage} {self.last_checked_at:%Y-%m-%d %H:%M:%S} {self.last_outcome}"
+        return f"{self.get_stage_display()} {self.last_checked_at:%Y-%m-%d %H:%M:%S}：{self.get_last_outcome_display()}"
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db.models import Count, Min, Q, Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from syncservice.models import (
@@ -83,7 +84,9 @@ def dashboard() -> dict:
         table.setdefault(row["system"], {})[row["status"]] = row["n"]
     for system, label in Task._meta.get_field("system").choices:
         counts = table.get(system, {})
-        tasks_by_system.append({"system": label, "counts": [counts.get(s, 0) for s in Task.Status.values],
+        tasks_by_system.append({"system": label, "key": system,
+                                "counts": [counts.get(s, 0) for s in Task.Status.values],
+                                "cells": [(s, counts.get(s, 0)) for s in Task.Status.values],
                                 "total": sum(counts.values())})
     accounts_by_system = []
     account_rows = Account.objects.values("system", "status").annotate(n=Count("id"))
@@ -92,7 +95,9 @@ def dashboard() -> dict:
         account_table.setdefault(row["system"], {})[row["status"]] = row["n"]
     for system, label in Account._meta.get_field("system").choices:
         counts = account_table.get(system, {})
-        accounts_by_system.append({"system": label, "counts": [counts.get(s, 0) for s in Account.Status.values]})
+        accounts_by_system.append({"system": label, "key": system,
+                                   "counts": [counts.get(s, 0) for s in Account.Status.values],
+                                   "cells": [(s, counts.get(s, 0)) for s in Account.Status.values]})
     oldest_pending = (AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PENDING)
                       .order_by("created_at").first())
     oldest_processing = (AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PROCESSING)
@@ -181,3 +186,43 @@ def queue_depth(now) -> dict[str, QueueDepth]:
 def target_pauses(now) -> dict[str, dt.datetime]:
     """Target systems paused by a rate-limit answer, for every worker, and until when."""
     return dict(TargetThrottle.objects.filter(paused_until__gt=now).values_list("system", "paused_until"))
+
+
+# --- Dashboard charts: three grouped queries, whatever the amount of data -----------------------------------
+
+CHART_HOURS = 24
+CHART_TOP_REASONS = 8
+
+
+@dataclass(frozen=True)
+class DashboardCharts:
+    hours: list[dt.datetime]  # the starts of the last CHART_HOURS hours, oldest first, local time
+    finished_per_hour: dict[str, list[int]]  # system -> tasks ended (succeeded or failed) in each hour
+    failure_reasons: list[tuple[str, str, int]]  # (system, target code, failed tasks), most first
+    oldest_waiting: dict[str, dt.timedelta | None]  # system -> how long its oldest due task has waited
+
+
+def dashboard_charts(now=None) -> DashboardCharts:
+    """What the dashboard draws: work finished per hour per system over the last day, the failures by reason
+    (the tasks failed for good, by the target's code) and the age of the oldest waiting work per system."""
+    now = now or timezone.now()
+    Task = AccountCreationTask
+    this_hour = timezone.localtime(now).replace(minute=0, second=0, microsecond=0)
+    hours = [this_hour - dt.timedelta(hours=n) for n in range(CHART_HOURS - 1, -1, -1)]
+    finished = {system: [0] * CHART_HOURS for system in System.values}
+    rows = (Task.objects.filter(finished_at__gte=hours[0], status__in=[Task.Status.SUCCEEDED, Task.Status.FAILED,
+                                                                          Task.Status.RETRIED])
+            .annotate(hour=TruncHour("finished_at")).values("system", "hour").annotate(n=Count("id")).order_by())
+    index = {hour: n for n, hour in enumerate(hours)}
+    for row in rows:
+        slot = index.get(timezone.localtime(row["hour"]).replace(minute=0, second=0, microsecond=0))
+        if slot is not None and row["system"] in finished:
+            finished[row["system"]][slot] += row["n"]
+    reasons = (Task.objects.filter(status=Task.Status.FAILED).values("system", "last_error_code")
+               .annotate(n=Count("id")).order_by("-n", "system", "last_error_code")[:CHART_TOP_REASONS])
+    depth = queue_depth(now)
+    return DashboardCharts(
+        hours=hours, finished_per_hour=finished,
+        failure_reasons=[(row["system"], row["last_error_code"], row["n"]) for row in reasons],
+        oldest_waiting={system: (now - d.oldest_due_at) if d.oldest_due_at else None for system, d in depth.items()},
+    )

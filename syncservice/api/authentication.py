@@ -23,17 +23,17 @@ class BearerTokenAuthentication(BaseAuthentication):
         if not parts or parts[0].lower() != self.keyword:
             return None
         if len(parts) != 2:
-            raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <token>'.")
+            raise AuthenticationFailed("Authorization 请求头格式错误：应为“Bearer <令牌>”。")
         try:
             token = parts[1].decode("ascii")
         except UnicodeDecodeError:
-            raise AuthenticationFailed("Invalid token.") from None
+            raise AuthenticationFailed("令牌无效。") from None
         digest = ApiClient.hash_token(token)
         client = ApiClient.objects.filter(token_hash=digest).first()
         if client is None or not hmac.compare_digest(client.token_hash, digest):
-            raise AuthenticationFailed("Invalid token.")
+            raise AuthenticationFailed("令牌无效。")
         if not client.is_active:
-            raise AuthenticationFailed("This API client is disabled.")
+            raise AuthenticationFailed("此 API 客户端已停用。")
         now = timezone.now()
         if client.last_used_at is None or now - client.last_used_at > LAST_USED_RESOLUTION:
             ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)

@@ -63,9 +63,9 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
         # Django refuses a body past DATA_UPLOAD_MAX_MEMORY_SIZE before the parser sees it: still a 413.
-        exc = PayloadTooLarge(f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+        exc = PayloadTooLarge(f"请求体超过 {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} 字节。")
     elif isinstance(exc, SuspiciousOperation):
-        exc = exceptions.ParseError(f"The request was refused: {exc}")
+        exc = exceptions.ParseError(f"请求被拒绝：{exc}")
     response = exception_handler(exc, context)
     if response is None:
         return _server_error(exc, context)
@@ -73,9 +73,9 @@ def api_exception_handler(exc, context):
     if code is None:
         code = getattr(exc, "default_code", "error")
     if isinstance(exc, exceptions.ValidationError):
-        response.data = error_body(code, "The request is invalid.", _flatten(exc.detail))
+        response.data = error_body(code, "请求无效。", _flatten(exc.detail))
     else:
-        message = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else "The request failed."
+        message = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else "请求失败。"
         response.data = error_body(code, message)
     return response
 
@@ -91,7 +91,7 @@ def _server_error(exc, context):
     path = getattr(request, "path", "?")
     logger.error("Internal Server Error: %s", path, exc_info=(type(exc), exc, exc.__traceback__))
     set_rollback()
-    return Response(error_body("server_error", "An unexpected error occurred; it has been logged."), status=500)
+    return Response(error_body("server_error", "发生意外错误，已记录日志。"), status=500)
 
 
 # Where config/urls.py mounts the API. A path under them that names no endpoint is still the API's: it answers
@@ -103,5 +103,5 @@ def page_not_found(request, exception):
     """Django's handler404: the API's JSON 404 under the API's paths, Django's own 404 page anywhere else."""
     if not request.path_info.startswith(API_PATH_PREFIXES):
         return defaults.page_not_found(request, exception)
-    body = error_body("not_found", f"No endpoint at this path; {reverse('schema')} lists the API's endpoints.")
+    body = error_body("not_found", f"此路径没有接口；{reverse('schema')} 列出了 API 的全部接口。")
     return JsonResponse(body, status=404)

@@ -11,7 +11,7 @@ from rest_framework.parsers import JSONParser
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "payload_too_large"
-    default_detail = "The request body is too large."
+    default_detail = "请求体过大。"
 
 
 def _reject_constant(name):
@@ -24,14 +24,14 @@ class BoundedJSONParser(JSONParser):
         request = (parser_context or {}).get("request")
         declared = request.META.get("CONTENT_LENGTH") if request is not None else None
         if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            raise PayloadTooLarge(f"请求体超过 {limit} 字节。")
         raw = stream.read(limit + 1)
         if len(raw) > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            raise PayloadTooLarge(f"请求体超过 {limit} 字节。")
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             return json.loads(raw.decode(encoding), parse_constant=_reject_constant)
         except RecursionError:
-            raise ParseError("JSON parse error: the document is nested too deeply.") from None
+            raise ParseError("JSON 解析错误：文档嵌套过深。") from None
         except (ValueError, UnicodeDecodeError, LookupError) as exc:
-            raise ParseError(f"JSON parse error: {exc}") from None
+            raise ParseError(f"JSON 解析错误：{exc}") from None

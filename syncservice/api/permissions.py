@@ -14,7 +14,7 @@ def is_operator_or_staff(principal) -> bool:
 class IsOriginClient(BasePermission):
     """An API client bound to an origin system."""
 
-    message = "Only an origin-system client may submit requests."
+    message = "只有来源系统客户端可以提交请求。"
 
     def has_permission(self, request, view):
         user = request.user
@@ -24,7 +24,7 @@ class IsOriginClient(BasePermission):
 class CanReadRequests(BasePermission):
     """Any API client (scoped to its origin by the selectors), an operator, or staff."""
 
-    message = "Authenticate with an API client token."
+    message = "请使用 API 客户端令牌认证。"
 
     def has_permission(self, request, view):
         user = request.user
@@ -32,7 +32,7 @@ class CanReadRequests(BasePermission):
 
 
 class IsOperatorOrStaff(BasePermission):
-    message = "Only operator clients and staff may do this."
+    message = "只有运维客户端和员工可以执行此操作。"
 
     def has_permission(self, request, view):
         return is_operator_or_staff(request.user)

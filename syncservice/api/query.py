@@ -36,7 +36,7 @@ class QueryParams:
         if not values:
             return None
         if len(values) > 1:
-            self._error(name, "repeated", "Give this parameter at most once.")
+            self._error(name, "repeated", "此参数最多只能出现一次。")
             return None
         return values[0]
 
@@ -46,18 +46,18 @@ class QueryParams:
         if raw is None:
             return None
         if not _INTEGER_RE.fullmatch(raw):
-            self._error(name, "invalid_type", "Must be an integer.")
+            self._error(name, "invalid_type", "必须是整数。")
             return None
         value = int(raw) if len(raw.lstrip("-0")) <= _MAX_DIGITS else None
         if value is None or not minimum <= value <= maximum:
-            self._error(name, "out_of_range", f"Must be between {minimum} and {maximum}.")
+            self._error(name, "out_of_range", f"必须在 {minimum} 到 {maximum} 之间。")
             return None
         return value
 
     def choice(self, name: str, choices: list[str]) -> str | None:
         raw = self._single(name)
         if raw is not None and raw not in choices:
-            self._error(name, "invalid_choice", f"Must be one of: {', '.join(choices)}.")
+            self._error(name, "invalid_choice", f"必须是以下之一：{', '.join(choices)}。")
             return None
         return raw
 
@@ -66,14 +66,14 @@ class QueryParams:
         if raw is None:
             return None
         if len(raw) > max_length:
-            self._error(name, "too_long", f"At most {max_length} characters.")
+            self._error(name, "too_long", f"最多 {max_length} 个字符。")
             return None
         if has_forbidden_chars(raw):
-            self._error(name, "invalid_characters", "Contains control or invisible formatting characters.")
+            self._error(name, "invalid_characters", "含有控制字符或不可见的格式字符。")
             return None
         return raw
 
     def check(self) -> None:
         if self.errors:
-            raise PayloadInvalid(f"The request has {len(self.errors)} invalid query parameter(s).",
+            raise PayloadInvalid(f"请求中有 {len(self.errors)} 个查询参数无效。",
                                  errors=self.errors)

@@ -156,7 +156,7 @@ class DeactivateAccountsView(APIView):
 def visible_request(request, request_id: str) -> AccountCreationRequest:
     """The request the caller may see, or 404; a malformed id is refused before it reaches the database."""
     if not REQUEST_ID_RE.fullmatch(request_id):
-        raise RequestNotFound(f"No request {describe_key(request_id)!r}.")
+        raise RequestNotFound(f"请求 {describe_key(request_id)!r} 不存在。")
     return selectors.request_get(client=request.user, request_id=request_id)
 
 
@@ -199,7 +199,7 @@ class RequestItemLogView(APIView):
         account_request = visible_request(request, request_id)
         item_pk = item_id_from_path(item_id)
         if item_pk is None:
-            raise RequestNotFound(f"No item {describe_key(item_id)!r} in request {account_request.request_id}.")
+            raise RequestNotFound(f"请求 {account_request.request_id} 中没有请求项 {describe_key(item_id)!r}。")
         query = QueryParams(request)
         query.integer("page", minimum=1, maximum=PAGE_MAX)
         query.integer("page_size", minimum=1, maximum=PAGE_SIZE_MAX)

@@ -47,11 +47,11 @@ def deactivation_submit(*, client: ApiClient, batch: ValidatedDeactivation) -> t
         return existing, False
     persons = _submitted_persons(batch.origin_system, batch.employee_numbers)
     errors = [{"field": f"userList[{index}].employeeNumber", "code": "not_submitted_by_origin",
-               "message": f"No person {number} was submitted by originSystem {batch.origin_system!r}; "
-                          "an origin may deactivate only the persons it submitted."}
+               "message": f"originSystem {batch.origin_system!r} 未提交过人员 {number}；"
+                          "来源系统只能停用自己提交的人员。"}
               for index, number in enumerate(batch.employee_numbers) if number not in persons]
     if errors:
-        raise PayloadInvalid(f"The request has {len(errors)} invalid field(s).", errors=errors)
+        raise PayloadInvalid(f"请求中有 {len(errors)} 个字段无效。", errors=errors)
     try:
         with transaction.atomic():
             request = Request.objects.create(

@@ -25,8 +25,8 @@ def existing_or_conflict(batch: ValidatedBatch | ValidatedDeactivation) -> Accou
         return None
     if existing.payload_fingerprint != batch.fingerprint:
         raise BusinessKeyConflict(
-            f"businessKey {batch.business_key!r} was already submitted as {existing.request_id} "
-            "with a different payload; use a new businessKey for a different batch.",
+            f"businessKey {batch.business_key!r} 已以不同的内容提交为 {existing.request_id}；"
+            "不同的批次请使用新的 businessKey。",
             extra={"requestId": existing.request_id},
         )
     return existing
@@ -36,14 +36,14 @@ def check_submitter(client: ApiClient, batch: ValidatedBatch | ValidatedDeactiva
     """The client submits for its own origin, and a callback only when it can be signed."""
     if client.is_operator or client.origin_system != batch.origin_system:
         raise OriginForbidden(
-            f"This client may not submit for originSystem {batch.origin_system!r}.",
+            f"此客户端不能为 originSystem {batch.origin_system!r} 提交请求。",
         )
     if batch.callback_url and not client.webhook_secret_encrypted:
         # An unsigned callback cannot be told from a forgery, so none would ever be sent: say so now.
-        raise PayloadInvalid("This client has no webhook secret, so callbacks cannot be signed.", errors=[{
+        raise PayloadInvalid("此客户端没有回调密钥，回调无法签名。", errors=[{
             "field": "callbackUrl", "code": "no_webhook_secret",
-            "message": "Ask an operator to run `create_api_client <name> --rotate-webhook-secret`, "
-                       "or leave callbackUrl out and poll the status URL."}])
+            "message": "请运维人员运行 `create_api_client <name> --rotate-webhook-secret`，"
+                       "或不传 callbackUrl 而轮询状态地址。"}])
 
 
 def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[AccountCreationRequest, bool]:

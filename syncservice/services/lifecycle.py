@@ -27,7 +27,7 @@ def request_cancel(*, request: Request) -> Request:
     request ends `cancelled` when the calls in flight have finished. Accounts already created stay."""
     request = _lock_request(request)
     if request.is_final:
-        raise InvalidTransition(f"Request {request.request_id} is already {request.status}; it cannot be cancelled.")
+        raise InvalidTransition(f"请求 {request.request_id} 的状态为{request.get_status_display()}，不能取消。")
     if request.cancel_requested_at is not None:
         return request
     now = timezone.now()
@@ -164,11 +164,11 @@ def request_retry(*, request: Request) -> Request:
     request = _lock_request(request)
     if request.status not in (Request.Status.PARTIAL_FAILED, Request.Status.FAILED, Request.Status.PROCESSING):
         raise InvalidTransition(
-            f"Request {request.request_id} is {request.status}; only failed items can be retried.")
+            f"请求 {request.request_id} 的状态为{request.get_status_display()}；只有失败的用户可以重试。")
     items = list(wait_locked(Item.objects.filter(request=request, status=Item.Status.FAILED,
                                                  hr_person__isnull=False).order_by("id")))
     if not items:
-        raise InvalidTransition(f"Request {request.request_id} has no failed items to retry.")
+        raise InvalidTransition(f"请求 {request.request_id} 没有可重试的失败用户。")
     _reopen_items(request, items, timezone.now())
     return Request.objects.get(pk=request.pk)
 

@@ -248,7 +248,7 @@ def test_an_unexpected_error_is_a_json_500_and_logged(hr_caller, settings, caplo
     response = hr_caller.submit(note_example())
     assert response.status_code == 500
     assert response.json() == {"success": False, "code": "server_error",
-                               "message": "An unexpected error occurred; it has been logged.", "errors": []}
+                               "message": "发生意外错误，已记录日志。", "errors": []}
     assert any(record.levelname == "ERROR" and record.exc_info for record in caplog.records)
 
 

@@ -257,7 +257,7 @@ def test_too_many_users_is_one_clear_error(hr_caller, settings):
     settings.MAX_USERS_PER_REQUEST = 5
     body = assert_error_shape(hr_caller.submit(note_example(userList=make_users(6))), 400, "validation_error")
     assert body["errors"] == [{"field": "userList", "code": "too_many_users",
-                               "message": "At most 5 users per request; split the batch (got 6)."}]
+                               "message": "每个请求最多 5 个用户，请拆分批次（收到 6 个）。"}]
     assert_nothing_stored()
 
 
@@ -345,7 +345,7 @@ def test_a_client_flooding_the_intake_gets_429_with_retry_after(make_caller):
     assert [a.status_code for a in answers] == [202] * 5 + [429] * 2
     body = assert_error_shape(answers[-1], 429, "rate_limited")
     assert 0 < int(answers[-1]["Retry-After"]) <= 60
-    assert "throttled" in body["message"].lower()
+    assert "限流" in body["message"]
     assert AccountCreationRequest.objects.count() == 5
     # The limit is per client: another client is not affected.
     assert calm.submit(note_example()).status_code == 202

@@ -336,4 +336,4 @@ def test_a_deactivation_is_validated_like_a_creation_every_error_at_once_nothing
         ("userList[4]", "invalid_type")}
     assert not AccountCreationRequest.objects.exists()
     assert deactivate(hr_caller, originSystem="HR_SYSTEM", businessKey="K", userList=[]).json()["errors"] == [
-        {"field": "userList", "code": "empty", "message": "Name at least one user."}]
+        {"field": "userList", "code": "empty", "message": "请至少指定一个用户。"}]

@@ -400,17 +400,17 @@ def callback_errors(response) -> list[dict]:
 @pytest.mark.parametrize("url, says", [
     ("http://hooks.partner.example/cb", "https://"),
     ("ftp://hooks.partner.example/cb", "https://"),
-    ("https://10.0.0.8/cb", "private"),
-    ("https://192.168.1.20:8443/cb", "private"),
+    ("https://10.0.0.8/cb", "私有"),
+    ("https://192.168.1.20:8443/cb", "私有"),
     ("https://localhost/cb", "127.0.0.1"),
-    ("https://169.254.169.254/latest/meta-data/", "private"),
-    ("https://[::1]/cb", "private"),
-    ("https://[::ffff:10.0.0.8]/cb", "private"),
-    ("https://0.0.0.0/cb", "private"),
-    ("https://user:pass@hooks.partner.example/cb", "credentials"),
+    ("https://169.254.169.254/latest/meta-data/", "私有"),
+    ("https://[::1]/cb", "私有"),
+    ("https://[::ffff:10.0.0.8]/cb", "私有"),
+    ("https://0.0.0.0/cb", "私有"),
+    ("https://user:pass@hooks.partner.example/cb", "用户名和密码"),
     ("https://hooks.partner.example/" + "a" * 2048, "2048"),
-    ("https:///cb", "host"),
-    ("https://no-such-host.invalid/cb", "could not be resolved"),
+    ("https:///cb", "主机名"),
+    ("https://no-such-host.invalid/cb", "无法解析"),
 ])
 def test_create_accounts_refuses_a_forbidden_callback_url(hr_caller, url, says):
     response = hr_caller.submit(note_example(callbackUrl=url))

@@ -4,6 +4,7 @@ The admin's stylesheets and Swagger UI come from this server's own /static/ (Whi
 collectstatic gathered under hashed names), never from a CDN: the pages work on a closed network.
 """
 
+import contextlib
 import os
 import re
 import secrets
@@ -68,18 +69,16 @@ def manage(*args: str, env: dict) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def production_server(tmp_path_factory):
-    """gunicorn on a free loopback port, after the README's deployment steps; yields its base URL."""
-    tmp_path = tmp_path_factory.mktemp("production")
-    env = production_env(tmp_path)
-    manage("migrate", "--noinput", env=env)
-    manage("collectstatic", "--noinput", env=env)
-    log = tmp_path / "gunicorn.log"
+@contextlib.contextmanager
+def gunicorn_server(env: dict, log: Path, workers: int = 1, threads: int = 1):
+    """gunicorn on a free loopback port with `env`; yields its base URL, stops it on the way out.
+
+    A browser opens spare connections ahead of need; with `threads` > 1 (the gthread worker) an idle one does
+    not hold the only worker until it times out."""
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
     # Port 0: the system picks a free port, and gunicorn names it in its log.
-    server = subprocess.Popen([gunicorn, "config.wsgi", "--bind", "127.0.0.1:0", "--workers", "1",
-                               "--error-logfile", str(log), "--log-level", "info"],
+    server = subprocess.Popen([gunicorn, "config.wsgi", "--bind", "127.0.0.1:0", "--workers", str(workers),
+                               "--threads", str(threads), "--error-logfile", str(log), "--log-level", "info"],
                               cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = None
@@ -97,6 +96,17 @@ def production_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def production_server(tmp_path_factory):
+    """gunicorn on a free loopback port, after the README's deployment steps; yields its base URL."""
+    tmp_path = tmp_path_factory.mktemp("production")
+    env = production_env(tmp_path)
+    manage("migrate", "--noinput", env=env)
+    manage("collectstatic", "--noinput", env=env)
+    with gunicorn_server(env, tmp_path / "gunicorn.log") as url:
+        yield url
 
 
 def get(base_url: str, path: str) -> requests.Response:

@@ -61,7 +61,7 @@ def test_the_page_parameter_states_the_maximum_the_list_accepts(client, request,
         refused = caller.get(f"{path}?page={number}")
         assert refused.status_code == 400, refused.content
         assert refused.json()["errors"] == [
-            {"field": "page", "code": "out_of_range", "message": f"Must be between 1 and {PAGE_MAX}."}]
+            {"field": "page", "code": "out_of_range", "message": f"必须在 1 到 {PAGE_MAX} 之间。"}]
 
 
 def test_the_schema_states_that_a_batch_names_each_employee_once(client, hr_caller):
@@ -76,7 +76,7 @@ def test_the_schema_states_that_a_batch_names_each_employee_once(client, hr_call
     assert response.status_code == 400
     assert response.json()["errors"] == [
         {"field": "userList[1].employeeNumber", "code": "duplicate",
-         "message": f"Employee number {repeated['employeeNumber']} also appears at userList[0]."}]
+         "message": f"员工编号 {repeated['employeeNumber']} 已出现在 userList[0]。"}]
 
 
 ADMIN_PAGES = [

@@ -59,7 +59,7 @@ def test_dashboard_shows_totals_backlog_and_last_runs(staff_client, hr_caller, s
     assert "已完成" in page and "待处理" in page
     assert waiting in page  # the oldest pending request is linked
     assert "HR 数据同步" in page and "账号任务处理" in page
-    assert "processed 6 task(s)" in page
+    assert "处理 6 个任务：成功 6" in page
     assert "/admin/dashboard/" in staff_client.get("/admin/").content.decode()
 
 
