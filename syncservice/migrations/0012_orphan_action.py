@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('syncservice', '0010_reconciliation'),
+        ('syncservice', '0011_admin_labels_in_chinese'),
     ]
 
     operations = [
