@@ -135,6 +135,13 @@ elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool(
         "DATABASE_DISABLE_SERVER_SIDE_CURSORS", DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False))
 
+# The worker mode (run_worker) LISTENs on a direct connection: a pooled one (PgBouncer in transaction mode)
+# cannot. It polls every WORKER_POLL_SECONDS besides, and runs the incremental HR sync (a call to the HR
+# source) at most every WORKER_HR_SYNC_SECONDS.
+DATABASE_LISTEN_URL = os.environ.get("DATABASE_LISTEN_URL") or os.environ.get("DATABASE_URL", "")
+WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 10.0)
+WORKER_HR_SYNC_SECONDS = env_float("WORKER_HR_SYNC_SECONDS", 300.0)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -403,7 +403,7 @@ def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
         return synced, note
 
 
-def run_sync_stage(*, dry_run: bool = False, limit: int | None = None) -> SyncStageResult:
+def run_sync_stage(*, dry_run: bool = False, limit: int | None = None, hr_sync: bool = True) -> SyncStageResult:
     result = SyncStageResult()
     if dry_run:
         pending = AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PENDING)
@@ -419,5 +419,8 @@ def run_sync_stage(*, dry_run: bool = False, limit: int | None = None) -> SyncSt
         result.requests_claimed += claimed
     result.items_synced, result.persons_created, result.persons_updated = sync_pending_items(limit=limit)
     result.deactivation_items = deactivate_pending_items(limit=limit)
-    result.hr_persons_synced, result.hr_sync_note = sync_hr_source()
+    if hr_sync:
+        result.hr_persons_synced, result.hr_sync_note = sync_hr_source()
+    else:
+        result.hr_sync_note = "HR sync not due"
     return result
