@@ -71,9 +71,11 @@ class LocalBackend(TargetBackend):
         external_id = f"{self.system}-{uuid.uuid4().hex[:16]}"
         table = LocalTargetAccount._meta.db_table
         now = timezone.now()
-        with unflushed_commit(), connection.cursor() as cursor:
+        # One query string, one transaction whose commit does not wait for its WAL flush (see unflushed_commit).
+        unflushed = "SET LOCAL synchronous_commit TO off; " if connection.vendor == "postgresql" else ""
+        with connection.cursor() as cursor:
             cursor.execute(
-                f'INSERT INTO "{table}" (system, employee_number, external_id, email, full_name, mobile, '
+                unflushed + f'INSERT INTO "{table}" (system, employee_number, external_id, email, full_name, mobile, '
                 "department_code, active, created_at, updated_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (system, employee_number) DO NOTHING",
                 [self.system, person.employee_number, external_id, person.email or "", person.full_name,
