@@ -23,6 +23,8 @@ from taskmanagement.services import run_is_idle, stage_run
 
 from .run_scheduler import PIPELINE
 
+IDLE_FLOOR_SECONDS = 0.2
+
 
 class Command(BaseCommand):
     help = ("Run the pipeline's stages whenever there is work: woken by PostgreSQL LISTEN/NOTIFY when a "
@@ -48,7 +50,8 @@ class Command(BaseCommand):
         listener = Listener() if connection.vendor == "postgresql" else None
         if listener is not None:
             listener.ensure()  # listening before the first round: nothing submitted meanwhile is missed
-        self.stdout.write(f"worker: {'listening for work' if listener else 'polling'}, polling every {poll:g} s")
+        how = "woken by NOTIFY, and polling" if listener else "polling (no LISTEN on this database)"
+        self.stdout.write(f"worker: {how} every {poll:g} s")
         self.stdout.flush()
         last_hr_sync = None
         try:
@@ -62,7 +65,9 @@ class Command(BaseCommand):
                 wait = poll
                 due = earliest_due()
                 if due is not None:
-                    wait = min(poll, max(0.0, (due - timezone.now()).total_seconds()))
+                    # Work due already after an idle round is work no stage could take (a busy slot, a lane
+                    # not configured): look again soon, not in a tight loop.
+                    wait = min(poll, max(IDLE_FLOOR_SECONDS, (due - timezone.now()).total_seconds()))
                 close_old_connections()
                 if listener is not None:
                     listener.wait(wait, wake_r)
