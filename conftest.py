@@ -16,6 +16,16 @@ def pytest_report_header(config):
     return f"database: {engine} at {settings.DATABASES['default'].get('HOST') or 'local socket'}"
 
 
+@pytest.fixture(autouse=True)
+def close_shared_connections():
+    """Threads of a test that shared one connection (syncservice.db.shared) leave it closed: the test database
+    can be dropped at the end."""
+    yield
+    from syncservice.db.shared import close_shared_connections
+
+    close_shared_connections()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def static_files_without_collectstatic(tmp_path_factory):
     """Pages render without a collectstatic run, as Django's docs advise for tests: the production storage

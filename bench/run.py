@@ -103,6 +103,21 @@ def table(results: dict) -> str:
                      f"ours {c['ours']['window_rate']:.0f} tasks/s vs procrastinate {peer['window_rate']:.0f} jobs/s "
                      f"(concurrency {peer['concurrency']})",
                      f"{c['ratio']:.2f}×", "≥ 10×", verdict(c["ratio"] >= 10)))
+    w = results.get("connections")
+    if w:
+        rows.append(("6", f"connections of a worker, {w['tasks']:,} tasks, {w['threads']} backend threads",
+                     f"at most {w['most']} at once in pg_stat_activity ({w['samples']} samples of 20 ms); "
+                     f"run_worker serving requests: {w.get('run_worker', '?')} (LISTEN included)",
+                     str(max(w["most"], w.get("run_worker", 0))), "≤ 4",
+                     verdict(max(w["most"], w.get("run_worker", 0)) <= 4)))
+    lat = results.get("latency")
+    if lat:
+        for persons, r in lat["sizes"].items():
+            target = {1: (2.0, 5.0)}.get(int(persons))
+            rows.append(("7" if int(persons) == 1 else "", f"POST → completed, {int(persons):,} person(s), run_worker",
+                         f"p50 {fmt_s(r['p50_s'])} / p99 {fmt_s(r['p99_s'])} ({r['requests']} requests, one at a time)",
+                         f"{r['p50_s']:.2f} s", "p50 ≤ 2 s, p99 ≤ 5 s" if target else "—",
+                         verdict(r["p50_s"] <= target[0] and r["p99_s"] <= target[1]) if target else "info"))
     points = results.get("scale", [])
     for n, (small, big) in enumerate(zip(points, points[1:])):
         rows += growth_rows("abc"[n], small, big)
@@ -145,7 +160,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", action="store_true", help="add the 100k-user scale point")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the service")
-    parser.add_argument("--only", default="", help="comma-separated subset: intake,scale,stages,throughput,claims")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset: intake,scale,stages,throughput,claims,connections,latency")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     cpu_before = common.cpu_times()
@@ -193,6 +209,17 @@ def main(argv=None) -> int:
         users = 200 if args.quick else 10_000
         log(f"workload 4: {3 * users:,} no-op tasks through our worker, then as procrastinate jobs, 1 process each")
         results["claims"] = provisioning.claim_overhead(users=users)
+
+    if wanted("connections") or wanted("latency"):
+        from . import worker_mode
+
+        if wanted("connections"):
+            log("workload 6: connections of a worker (pg_stat_activity every 20 ms)")
+            results["connections"] = worker_mode.worker_connections(users=200 if args.quick else 1000)
+        log("workload 7: POST → completed latency with run_worker, 1, 100 and 1,000 persons")
+        results["latency"] = worker_mode.latency()
+        if "connections" in results:
+            results["connections"]["run_worker"] = results["latency"]["worker_connections"]
 
     elapsed = time.perf_counter() - started
     results["duration"] = f"{int(elapsed // 60)}m{int(elapsed % 60):02d}s"

@@ -1,6 +1,7 @@
 """Settings for the account provisioning service, read from the environment."""
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -120,11 +121,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
-    # The service's statements are short and run thousands of times. The row estimates of its batch
-    # statements (a lookup per element of an array parameter) are enough to switch PostgreSQL's JIT
-    # compilation on, which then costs tens of milliseconds per statement and saves nothing.
+    # No startup options (PgBouncer refuses unknown ones): JIT is switched off per transaction where the
+    # service's batch statements run (syncservice.db.locking.no_jit), or per role (docs/deployment.md).
     _options = DATABASES["default"].setdefault("OPTIONS", {})
-    _options["options"] = f"{_options.get('options', '')} -c jit=off".strip()
+    # Each process names its connections (pg_stat_activity.application_name, PgBouncer's SHOW CLIENTS):
+    # "aps <command> <pid>", or DATABASE_APPLICATION_NAME.
+    _options.setdefault("application_name", (os.environ.get("DATABASE_APPLICATION_NAME") or " ".join(
+        ["aps", sys.argv[1] if len(sys.argv) > 1 and sys.argv[0].endswith("manage.py")
+         else Path(sys.argv[0]).name, str(os.getpid())]))[:63])
+    # Behind PgBouncer in transaction pooling mode (docs/deployment.md): server-side cursors cannot outlive a
+    # transaction there, so QuerySet.iterator() reads client-side instead.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool(
+        "DATABASE_DISABLE_SERVER_SIDE_CURSORS", DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False))
+
+# The worker mode (run_worker) LISTENs on a direct connection: a pooled one (PgBouncer in transaction mode)
+# cannot. It polls every WORKER_POLL_SECONDS besides, and runs the incremental HR sync (a call to the HR
+# source) at most every WORKER_HR_SYNC_SECONDS.
+DATABASE_LISTEN_URL = os.environ.get("DATABASE_LISTEN_URL") or os.environ.get("DATABASE_URL", "")
+WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 10.0)
+WORKER_HR_SYNC_SECONDS = env_float("WORKER_HR_SYNC_SECONDS", 300.0)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -289,6 +304,9 @@ MAILBOX_MAX_CONCURRENCY = env_int("MAILBOX_MAX_CONCURRENCY", 0)
 # shared concurrency slot before its task is handed back.
 TARGET_MAX_PAUSE_SECONDS = env_float("TARGET_MAX_PAUSE_SECONDS", 300.0)
 TARGET_SLOT_WAIT_SECONDS = env_float("TARGET_SLOT_WAIT_SECONDS", 30.0)
+# Slots held across transactions (a target's concurrency slots, the HR sync's singleton) are rows with a lease
+# of this length, renewed every third of it while held: a holder killed with kill -9 blocks its slot this long.
+LEASE_SECONDS = env_float("LEASE_SECONDS", 30.0)
 HR_API_URL = os.environ.get("HR_API_URL", "")
 HR_API_TOKEN = os.environ.get("HR_API_TOKEN", "")
 # Extra tries of one HR page on a timeout, 5xx or 429 before the sync run fails.

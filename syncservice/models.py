@@ -529,6 +529,30 @@ class TargetThrottle(models.Model):
         return self.get_system_display()
 
 
+class Lease(models.Model):
+    """One of a scope's numbered slots, held by one process until it releases it or the lease expires.
+
+    The HR sync's singleton (one slot) and each target's concurrency slots (N). A slot is taken by one
+    statement when it is free or expired, renewed while its holder works, and released by that holder only;
+    a holder killed with kill -9 blocks it until the lease expires. Nothing lives in a database session, so
+    it holds behind PgBouncer in transaction pooling mode (syncservice.db.leases).
+    """
+
+    scope = models.CharField("范围", max_length=64)
+    slot = models.PositiveIntegerField("槽位", default=0)
+    holder = models.CharField("持有者", max_length=128, blank=True, default="")
+    acquired_at = models.DateTimeField("获取时间", null=True, blank=True)
+    expires_at = models.DateTimeField("到期时间", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "租约"
+        verbose_name_plural = "租约"
+        constraints = [models.UniqueConstraint(fields=["scope", "slot"], name="lease_scope_slot_unique")]
+
+    def __str__(self):
+        return f"{self.scope}#{self.slot}"
+
+
 class AuditEntry(models.Model):
     """One operator action: who, what, on which object, when, under which request (or stage run) id.
 

@@ -83,8 +83,8 @@ def _describe_process(c: dict, dry_run: bool) -> str:
     return text
 
 
-def _run_sync(dry_run, limit, **_):
-    result = run_sync_stage(dry_run=dry_run, limit=limit)
+def _run_sync(dry_run, limit, hr_sync=True, **_):
+    result = run_sync_stage(dry_run=dry_run, limit=limit, hr_sync=hr_sync)
     return {**result.as_counts(), "hr_note": result.hr_sync_note}
 
 

@@ -3,7 +3,7 @@
 Rate: each call takes the next free time slot of its system from one shared row (TargetThrottle), spaced
 1/rate apart, in a single atomic statement; the caller sleeps until its slot. A rate-limit answer from the
 target (HTTP 429, WeLink 48503, …) pauses the system for everyone: the shared row's next slot moves past the
-pause. Concurrency: a call holds one of N PostgreSQL advisory locks of its system while it runs.
+pause. Concurrency: a call holds one of N leased slot rows of its system while it runs (db/leases.py).
 
 On SQLite (one worker at a time) the same limits hold within the process.
 """
@@ -13,12 +13,13 @@ import datetime as dt
 import logging
 import threading
 import time
-import zlib
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.utils import timezone
 
+from ..db import leases
+from ..db.shared import shared_connection
 from ..models import TargetThrottle
 
 logger = logging.getLogger(__name__)
@@ -33,16 +34,16 @@ _local_next: dict[str, float] = {}
 
 
 class _SharedConnection:
-    """One database connection per process for pacing, shared by the worker threads under a lock.
+    """A Django connection object for pacing, shared by the worker threads under a lock.
 
-    The statements are tiny and autocommitted; sharing keeps a worker's connection count independent of
-    its thread count (WeLink's 16 threads would otherwise hold 16 connections just to take time slots).
+    The statements are tiny and autocommitted. They run on the process's one shared connection
+    (syncservice.db.shared), the one the executor's lane threads use: a worker's connection count does not
+    grow with its thread count.
     """
 
     def __init__(self):
         self.lock = threading.RLock()
         self.wrapper = None
-        self.held_slots: set[tuple[int, int]] = set()
 
     @contextlib.contextmanager
     def cursor(self):
@@ -50,9 +51,7 @@ class _SharedConnection:
             if self.wrapper is None or not self.wrapper.is_usable():
                 if self.wrapper is not None:
                     self.wrapper.close()
-                    self.held_slots.clear()  # the session that held them is gone
-                self.wrapper = connections.create_connection(DEFAULT_DB_ALIAS)
-                self.wrapper.inc_thread_sharing()
+                self.wrapper = shared_connection(DEFAULT_DB_ALIAS).wrapper()
                 self.wrapper.ensure_connection()
             with self.wrapper.cursor() as cursor:
                 yield cursor
@@ -62,7 +61,6 @@ class _SharedConnection:
             if self.wrapper is not None:
                 self.wrapper.close()
                 self.wrapper = None
-                self.held_slots.clear()
 
 
 _shared = _SharedConnection()
@@ -122,11 +120,12 @@ _local_paused_until: dict[str, float] = {}
 
 
 def reset_local_pacing() -> None:
-    """Forget the in-process slots and pauses (the SQLite path) and the shared connection."""
+    """Forget the in-process slots and pauses (the SQLite path) and close the shared connection."""
     with _local_lock:
         _local_next.clear()
         _local_paused_until.clear()
     _shared.close()
+    shared_connection(DEFAULT_DB_ALIAS).close()
 
 
 def pause(system: str, seconds: float, reason: str) -> None:
@@ -152,6 +151,8 @@ def max_concurrency(system: str) -> int:
 def concurrency_slot(system: str, *, timeout: float | None = None):
     """Hold one of the system's N shared call slots while the body runs (no-op when unlimited).
 
+    A slot is a row with a lease (syncservice.db.leases), taken and released by single autocommitted
+    statements: no session state, so the limit holds behind PgBouncer in transaction pooling mode too.
     Yields True when a slot was taken, False when none freed up within `timeout` (the caller then gives
     the task back instead of calling).
     """
@@ -159,29 +160,11 @@ def concurrency_slot(system: str, *, timeout: float | None = None):
     if slots <= 0 or connection.vendor != "postgresql":
         yield True
         return
-    key = zlib.crc32(f"aps-target-slot:{system}".encode()) & 0x7FFFFFFF
-    deadline = time.monotonic() + (timeout if timeout is not None else settings.TARGET_SLOT_WAIT_SECONDS)
-    held = None
-    while held is None:
-        with _shared.cursor() as cursor:
-            # Advisory locks are re-entrant within a session: slots this process holds are skipped here.
-            for slot in range(slots):
-                if (key, slot) in _shared.held_slots:
-                    continue
-                cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [key, slot])
-                if cursor.fetchone()[0]:
-                    held = slot
-                    _shared.held_slots.add((key, slot))
-                    break
-        if held is None:
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(SLOT_WAIT_SECONDS)
+    wait = timeout if timeout is not None else settings.TARGET_SLOT_WAIT_SECONDS
+    held = leases.wait_take(f"target-slot:{system}", slots, timeout=wait, cursor_factory=_shared.cursor,
+                            interval=SLOT_WAIT_SECONDS)
     try:
         yield held is not None
     finally:
         if held is not None:
-            with _shared.cursor() as cursor:
-                if (key, held) in _shared.held_slots:
-                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [key, held])
-                    _shared.held_slots.discard((key, held))
+            leases.release(held, cursor_factory=_shared.cursor)

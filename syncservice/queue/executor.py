@@ -3,8 +3,9 @@
 The main thread claims due jobs of each lane in chunks and keeps a short queue of them ahead of the lane's
 threads. The threads call the handler outside any transaction; results come back to the main thread, which
 hands them in batches to the recorder, a thread with a connection of its own that writes them (fenced by
-the claim's lease token) while the main thread goes on claiming. On SIGTERM (`stop`) claiming stops,
-unstarted jobs are released and calls in flight finish and are recorded.
+the claim's lease token) while the main thread goes on claiming. The lane threads share one more connection
+for what they touch in the database: three per worker. On SIGTERM (`stop`) claiming stops, unstarted jobs
+are released and calls in flight finish and are recorded.
 """
 
 import contextvars
@@ -20,6 +21,7 @@ from django.db import DatabaseError, connection, connections
 from django.utils import timezone
 
 from ..db.locking import atomic_with_retry
+from ..db.shared import shared_connection
 from . import engines, jobs
 from .engines import Claimed
 from .handler import Handler
@@ -58,7 +60,11 @@ def call_jobs(handler: Handler, lane, batch: list[Claimed]) -> list[JobResult]:
 
 
 class Lane:
-    """A fixed set of threads calling one lane of one kind; each closes its own database connections."""
+    """A fixed set of threads calling one lane of one kind.
+
+    The threads' database work (a local backend's rows, the outbound slots) runs on the process's one shared
+    connection (syncservice.db.shared), so a worker's connection count does not grow with its threads.
+    """
 
     def __init__(self, handler: Handler, name, size: int, results: queue.Queue):
         self.handler, self.name, self.size = handler, name, size
@@ -80,10 +86,12 @@ class Lane:
         return threads
 
     def _run(self):
+        shared_connection().install()
         try:
             while (batch := self.jobs.get()) is not _STOP:
                 self._call(batch)
         finally:
+            shared_connection().uninstall()
             connections.close_all()
 
     def _call(self, batch: list[Claimed]) -> None:

@@ -20,6 +20,7 @@ from .batches import lock_items_by_request_priority
 from .intake import check_submitter, existing_or_conflict, new_request_id
 from .lifecycle import cancel_unstarted_creations
 from .rollup import rollup_items_for_persons
+from .wakeup import notify_work
 
 Request = AccountCreationRequest
 Item = AccountCreationRequestItem
@@ -54,6 +55,7 @@ def deactivation_submit(*, client: ApiClient, batch: ValidatedDeactivation) -> t
         raise PayloadInvalid(f"请求中有 {len(errors)} 个字段无效。", errors=errors)
     try:
         with transaction.atomic():
+            notify_work("request")  # delivered to the listening workers when this commits
             request = Request.objects.create(
                 request_id=new_request_id(), request_type=DEACTIVATE, origin_system=batch.origin_system,
                 business_key=batch.business_key, account_type="", employee_type="",

@@ -8,6 +8,7 @@ from django.utils import timezone
 from ..errors import BusinessKeyConflict, OriginForbidden, PayloadInvalid
 from ..models import AccountCreationRequest, AccountCreationRequestItem, ApiClient
 from ..validation import ValidatedBatch, ValidatedDeactivation
+from .wakeup import notify_work
 
 
 def new_request_id() -> str:
@@ -76,6 +77,7 @@ def request_submit(*, client: ApiClient, batch: ValidatedBatch) -> tuple[Account
                 [AccountCreationRequestItem(request=request, **user) for user in batch.users],
                 batch_size=1000,
             )
+            notify_work("request")  # delivered to the listening workers when this commits
     except IntegrityError:
         # A concurrent submission of the same businessKey won the race: answer as a resubmission would.
         existing = existing_or_conflict(batch)

@@ -11,8 +11,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..backends import get_hr_backend
+from ..db import leases
 from ..db.bulk import bulk_update_rows
-from ..db.locking import advisory_lock, atomic_with_retry, skip_locked
+from ..db.locking import atomic_with_retry, skip_locked
 from ..models import Account, AccountCreationRequest, AccountCreationRequestItem, HrPerson, HrSyncState
 from .account_changes import is_leaver, open_changes, set_enabled
 from .batches import lock_items_by_request_priority
@@ -360,8 +361,8 @@ def _keep_accounts_true(persons: list[HrPerson], *, leavers: list[int], returner
 def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
     """Read persons changed in HR since the watermark; return (persons synced, a note)."""
     page_size = page_size or min(settings.STAGE_BATCH_SIZE, PAGE_LIMIT)
-    with advisory_lock(HR_SYNC_LOCK) as acquired:
-        if not acquired:
+    with leases.singleton(HR_SYNC_LOCK) as held:
+        if held is None:
             return 0, "HR sync skipped: another copy holds its lock"
         state, _ = HrSyncState.objects.get_or_create(name="default")
         backend = get_hr_backend()
@@ -386,6 +387,11 @@ def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
         except Exception as exc:
             HrSyncState.objects.filter(pk=state.pk).update(last_run_at=timezone.now(), last_error=str(exc)[:2000])
             raise
+        if not leases.still_held(held):
+            # The lease ran out while this copy worked (a long stall) and another copy may be syncing: the
+            # pages written stay (upserts), the watermark is left for the holder to move.
+            logger.warning("HR sync lost its lease; the watermark is not moved")
+            return synced, f"HR sync: {synced} person(s), lease lost: watermark not moved"
         now = timezone.now()
         HrSyncState.objects.filter(pk=state.pk).update(
             watermark_updated_at=high_water[0], watermark_person_id=high_water[1], last_run_at=now,
@@ -397,7 +403,7 @@ def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
         return synced, note
 
 
-def run_sync_stage(*, dry_run: bool = False, limit: int | None = None) -> SyncStageResult:
+def run_sync_stage(*, dry_run: bool = False, limit: int | None = None, hr_sync: bool = True) -> SyncStageResult:
     result = SyncStageResult()
     if dry_run:
         pending = AccountCreationRequest.objects.filter(status=AccountCreationRequest.Status.PENDING)
@@ -413,5 +419,8 @@ def run_sync_stage(*, dry_run: bool = False, limit: int | None = None) -> SyncSt
         result.requests_claimed += claimed
     result.items_synced, result.persons_created, result.persons_updated = sync_pending_items(limit=limit)
     result.deactivation_items = deactivate_pending_items(limit=limit)
-    result.hr_persons_synced, result.hr_sync_note = sync_hr_source()
+    if hr_sync:
+        result.hr_persons_synced, result.hr_sync_note = sync_hr_source()
+    else:
+        result.hr_sync_note = "HR sync not due"
     return result
