@@ -273,6 +273,12 @@ IDAAS_SCIM_TOKEN = os.environ.get("IDAAS_SCIM_TOKEN", "")
 WELINK_API_URL = os.environ.get("WELINK_API_URL", "https://open.welink.huaweicloud.com")
 WELINK_CLIENT_ID = os.environ.get("WELINK_CLIENT_ID", "")
 WELINK_CLIENT_SECRET = os.environ.get("WELINK_CLIENT_SECRET", "")
+# Persons per users/bulk call (and per users/status poll): WeLink takes at most 10.
+WELINK_BULK_SIZE = env_int("WELINK_BULK_SIZE", 10)
+if not 1 <= WELINK_BULK_SIZE <= 10:
+    raise ImproperlyConfigured(f"WELINK_BULK_SIZE must be between 1 and 10 (WeLink's limit), got {WELINK_BULK_SIZE}")
+# Persons per users/status call (the status API takes a list; its documented size limit is not known here).
+WELINK_STATUS_BATCH_SIZE = env_int("WELINK_STATUS_BATCH_SIZE", 50)
 EXMAIL_API_URL = os.environ.get("EXMAIL_API_URL", "https://api.exmail.qq.com")
 EXMAIL_CORP_ID = os.environ.get("EXMAIL_CORP_ID", "")
 EXMAIL_CORP_SECRET = os.environ.get("EXMAIL_CORP_SECRET", "")

@@ -134,6 +134,16 @@ class TargetBackend:
     def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
         raise NotImplementedError("subclasses of TargetBackend must provide an ensure_account() method")
 
+    def batch_size(self) -> int:
+        """How many persons one ensure_accounts call takes (a target with a bulk API takes several)."""
+        return 1
+
+    def ensure_accounts(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        """ensure_account for several (person, state) pairs at once, one outcome per pair in order: a target
+        with a bulk API sends them in few calls and still answers per person (one person's refusal fails
+        that person only; a failure of a whole call answers the same transient outcome for each)."""
+        return [self.ensure_account(person, state) for person, state in items]
+
     def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
         """Bring an existing account in line with `person` and `change.active`; idempotent like
         ensure_account (a replay after a lost answer applies nothing twice). Returns Outcome.applied, an

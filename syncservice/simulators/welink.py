@@ -58,6 +58,7 @@ class WelinkSimulator(SimulatorApp):
         self.opened: dict[str, int] = {}        # corpUserId → times an account was opened (must stay ≤ 1)
         self.closed: dict[str, int] = {}        # corpUserId → times an open account was closed
         self.reopened: dict[str, int] = {}      # corpUserId → times a closed account was opened again
+        self.bulk_sizes: list[int] = []         # persons in each users/bulk call received
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class WelinkSimulator(SimulatorApp):
             return _error("47003", "parameter is empty: personInfo")
         if len(persons) > MAX_BULK:
             return _error("47013", f"at most {MAX_BULK} persons a call")
+        self.bulk_sizes.append(len(persons))
         results = []
         for info in persons:
             corp_user_id = str(info.get("corpUserId") or "")

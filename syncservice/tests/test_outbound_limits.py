@@ -66,6 +66,8 @@ def test_three_workers_together_stay_under_welinks_40_calls_per_second(hr_caller
 
     assert simulator.rate_limit.refused == 0
     assert set(AccountCreationTask.objects.values_list("status", flat=True)) == {"succeeded"}
+    # One account per person, though three workers batched them side by side.
+    assert len(simulator.opened) == 120 and set(simulator.opened.values()) == {1}
 
 
 def test_without_the_shared_limit_the_same_load_is_refused_with_48503(hr_caller, welink_server):
