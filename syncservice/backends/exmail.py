@@ -120,7 +120,7 @@ class ExmailBackend(TargetBackend):
                 retry_after = None
                 if errcode in RATE_LIMIT_CODES:
                     retry_after = 1.0
-                    self.http.rate_limited(retry_after, f"Exmail {errcode}")
+                    self.http.rate_limited(retry_after, f"Exmail {errcode}", path)
                 raise TargetError(Outcome.transient(str(errcode), str(body.get("errmsg", "")),
                                                     retry_after=retry_after,
                                                     rate_limited=errcode in RATE_LIMIT_CODES))

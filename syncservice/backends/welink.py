@@ -1,6 +1,7 @@
 """WeLink (open.welink.huaweicloud.com): bulk user sync, asynchronous; poll the status endpoint until opened.
 
-Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); WELINK_MAX_CALLS_PER_SECOND
+Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); WELINK_BULK_SIZE,
+WELINK_STATUS_BATCH_SIZE; WELINK_MAX_CALLS_PER_SECOND_PER_API (and the system-wide WELINK_MAX_CALLS_PER_SECOND)
 and WELINK_MAX_CONCURRENCY hold across every worker (backends/pacing.py).
 The user is keyed by corpUserId = employee number. Creations go in batches of WELINK_BULK_SIZE (≤ 10):
 one users/status call for the batch (the poll of submitted jobs, and "not found" for new persons), a lookup
@@ -148,7 +149,7 @@ class WelinkBackend(TargetBackend):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 if code == RATE_LIMITED:
                     retry_after = DEFAULT_RETRY_AFTER_SECONDS if retry_after is None else retry_after
-                    self.http.rate_limited(retry_after, f"WeLink {code}")
+                    self.http.rate_limited(retry_after, f"WeLink {code}", path)
                 raise TargetError(Outcome.transient(code, str(body.get("message", "")), retry_after=retry_after,
                                                     rate_limited=code == RATE_LIMITED))
             if response.status_code >= 400 and code == OK:

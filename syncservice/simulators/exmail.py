@@ -2,9 +2,10 @@
 
 Endpoints: GET /cgi-bin/gettoken?corpid&corpsecret, GET /cgi-bin/user/get?access_token&userid,
 POST /cgi-bin/user/create?access_token, POST /cgi-bin/user/update?access_token (changes the fields it is
-given; 60111 for an unknown userid), GET /cgi-bin/user/list?access_token&department_id&fetch_child (the
-members of a department, of its sub-departments too with fetch_child=1, in one answer, `enable` as a
-string as documented). Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
+given; 60111 for an unknown userid), GET /cgi-bin/user/list?access_token&department_id&fetch_child
+(the members of a department, of its sub-departments too with fetch_child=1, in one answer, `enable` as a
+string as documented). Every answer is HTTP 200 with ``errcode`` / ``errmsg``. Limits (45009): calls per
+second per client, and calls a minute and an hour per cgi, as Tencent documents them (500 and 15,000).
 """
 
 import re
@@ -25,7 +26,8 @@ def _answer(errcode: int, errmsg: str, **fields) -> Response:
 class ExmailSimulator(SimulatorApp):
     def __init__(self, *, corp_id: str = "exmail-corp", corp_secret: str = "exmail-secret",
                  token_lifetime: float = 7200, announced_expires_in: float | None = None,
-                 departments=(1,), department_parents: dict | None = None, rate_limit_per_second: int = 0):
+                 departments=(1,), department_parents: dict | None = None, rate_limit_per_second: int = 0,
+                 rate_limit_per_minute: int = 0, rate_limit_per_hour: int = 0):
         super().__init__()
         self.corp_id = corp_id
         self.corp_secret = corp_secret
@@ -34,7 +36,9 @@ class ExmailSimulator(SimulatorApp):
         # department id → parent id; a department without an entry hangs off the root (1)
         self.department_parents = dict(department_parents or {})
         self.departments |= set(self.department_parents)
-        self.rate_limit = CallRateLimit(rate_limit_per_second)
+        self.rate_limit = CallRateLimit(rate_limit_per_second)   # per client, every cgi together
+        # As Tencent documents them: 500 calls a minute and 15,000 an hour, per cgi.
+        self.cgi_limits = [CallRateLimit(rate_limit_per_minute, 60.0), CallRateLimit(rate_limit_per_hour, 3600.0)]
         self.users: dict[str, dict] = {}     # lower-cased address → user
         self.created: dict[str, int] = {}    # lower-cased address → user/create calls that created it
         self.updated: dict[str, int] = {}    # lower-cased address → user/update calls that changed it
@@ -71,7 +75,11 @@ class ExmailSimulator(SimulatorApp):
             return _answer(40014, "invalid access_token")
         if verdict == "expired":
             return _answer(42001, "access_token expired")
-        if not self.rate_limit.allow(client):
+        cgi = f"{client} {request.path}"
+        # Every window is asked (no short circuit); a call one refuses still counts in those that let it
+        # through, so the client is never favoured.
+        allowed = [self.rate_limit.allow(client), *(limit.allow(cgi) for limit in self.cgi_limits)]
+        if not all(allowed):
             return _answer(45009, "api freq out of limit")
         with self.lock:
             return route(request)
@@ -189,10 +197,14 @@ def _arguments(parser) -> None:
     parser.add_argument("--corp-secret", default="exmail-secret")
     parser.add_argument("--token-lifetime", type=float, default=7200, help="Seconds a token is valid.")
     parser.add_argument("--rate-limit", type=int, default=0, help="Calls per second (0: none).")
+    parser.add_argument("--rate-limit-per-minute", type=int, default=0, help="Calls a minute per cgi (0: none).")
+    parser.add_argument("--rate-limit-per-hour", type=int, default=0, help="Calls an hour per cgi (0: none).")
 
 
 if __name__ == "__main__":
     run_cli("exmail-simulator", "Serve a Tencent Exmail API simulator on loopback.",
             lambda a: ExmailSimulator(corp_id=a.corp_id, corp_secret=a.corp_secret,
-                                      token_lifetime=a.token_lifetime, rate_limit_per_second=a.rate_limit),
+                                      token_lifetime=a.token_lifetime, rate_limit_per_second=a.rate_limit,
+                                      rate_limit_per_minute=a.rate_limit_per_minute,
+                                      rate_limit_per_hour=a.rate_limit_per_hour),
             _arguments)

@@ -3,6 +3,7 @@
 Endpoints (as documented on open.welink.huaweicloud.com): POST /api/auth/v2/tickets,
 GET /api/contact/v1/users?corpUserId=, POST /api/contact/v1/users/bulk, POST /api/contact/v1/users/status.
 Every answer is HTTP 200 with string codes in the body, ``{"code": "0", "message": …, "data": …}``.
+The rate limit (48503) counts calls per API per client, as WeLink documents it.
 
 A submitted person becomes a job: the first `polls_before_open` status polls answer 47100 (pending) then
 47108 (opening); the next answers 47109 and the account is open (userStatus "3"). A job whose mobile
@@ -106,7 +107,8 @@ class WelinkSimulator(SimulatorApp):
             return _error("1000", "access_token is invalid")
         if verdict == "expired":
             return _error("47103", "Authentication failed")
-        if not self.rate_limit.allow(client):
+        # WeLink's flow control counts calls per API per client.
+        if not self.rate_limit.allow(f"{client} {request.path}"):
             return _error("48503", "Too many requests, the flow control limit is exceeded",
                           status=self.rate_limit_status, headers={"Retry-After": "1"})
         with self.lock:
@@ -244,7 +246,7 @@ def _arguments(parser) -> None:
     parser.add_argument("--token-lifetime", type=float, default=7200, help="Seconds a ticket is valid.")
     parser.add_argument("--polls-before-open", type=int, default=2,
                         help="Status polls answered 'in progress' before 47109.")
-    parser.add_argument("--rate-limit", type=int, default=40, help="Calls per second per client (0: none).")
+    parser.add_argument("--rate-limit", type=int, default=40, help="Calls per second per API per client (0: none).")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def backend_settings(settings, db):
     settings.TASK_MAX_ATTEMPTS = 8
     settings.WELINK_MAX_CALLS_PER_SECOND = 0
     settings.MAILBOX_MAX_CALLS_PER_SECOND = 0
+    settings.WELINK_MAX_CALLS_PER_SECOND_PER_API = 0
+    settings.MAILBOX_MAX_CALLS_PER_MINUTE_PER_CGI = 0
+    settings.MAILBOX_MAX_CALLS_PER_HOUR_PER_CGI = 0
     settings.HR_HTTP_RETRIES = 0
     reset_backends()
     yield settings
@@ -233,3 +236,4 @@ def scim_small_pages_server_url(tmp_path_factory):
 def scim_small_pages(backend_settings, scim_small_pages_server_url):
     """The IDaaS backend pointed, through the proxy, at the scim2-server with pages of two."""
     yield from _scim_through_proxy(backend_settings, scim_small_pages_server_url)
+

@@ -7,7 +7,7 @@ import pytest
 
 from syncservice.backends import get_backend
 from syncservice.backends.base import OutcomeKind
-from syncservice.models import HrPerson
+from syncservice.models import HrPerson, TargetThrottle
 from syncservice.services.email_reallocation import person_reallocate_email
 
 from .conftest import make_person
@@ -254,3 +254,36 @@ def test_reallocation_is_idempotent_when_the_address_already_moved_on(backend_se
     assert person_reallocate_email(person_pk=person.pk, taken_email="lisi@example.com") == "lisi2@example.com"
     person.refresh_from_db()
     assert person.email == "lisi2@example.com"
+
+
+# --- Limits per cgi: 500 a minute and 15,000 an hour ------------------------------------------------
+
+@pytest.mark.parametrize("window", ["minute", "hour"])
+def test_each_cgi_is_paced_under_its_own_window_and_no_45009_comes_back(exmail_sim, backend_settings, window):
+    # The simulator's window is scaled to one second so that the test is short: 10 calls a second per cgi,
+    # and the client set to 8 a second, stated in the window under test (the margin for an hour-long
+    # window is small, and a second-long one would let the wire's jitter count).
+    limit = exmail_sim.cgi_limits[0 if window == "minute" else 1]
+    limit.limit, limit.seconds = 10, 1.0
+    seconds = 60 if window == "minute" else 3600
+    setattr(backend_settings, f"MAILBOX_MAX_CALLS_PER_{window.upper()}_PER_CGI", 8 * seconds)
+    backend = get_backend("email")
+
+    outcomes = [backend.ensure_account(make_person(), {}) for _ in range(25)]
+
+    assert {o.kind for o in outcomes} == {OutcomeKind.CREATED}
+    assert limit.refused == 0
+    # Two cgis, two shared rows: user/get does not use up user/create's calls.
+    assert set(TargetThrottle.objects.filter(system="email").values_list("endpoint", flat=True)) >= {GET, CREATE}
+
+
+def test_without_the_per_cgi_pacing_the_same_calls_are_refused_with_45009(exmail_sim, backend_settings):
+    # The control for the test above: the simulator does refuse more than its window allows.
+    exmail_sim.cgi_limits[1].limit, exmail_sim.cgi_limits[1].seconds = 10, 1.0
+    backend = get_backend("email")
+
+    outcomes = [backend.ensure_account(make_person(), {}) for _ in range(25)]
+
+    assert exmail_sim.cgi_limits[1].refused > 0
+    assert "45009" in {o.code for o in outcomes}
+

@@ -6,6 +6,7 @@ import pytest
 
 from syncservice.backends import get_backend
 from syncservice.backends.base import OutcomeKind
+from syncservice.models import TargetThrottle
 from syncservice.simulators.welink import BULK_PATH, STATUS_PATH, TOKEN_PATH, USERS_PATH
 
 from .conftest import make_person
@@ -143,12 +144,13 @@ def test_wrong_client_secret_is_transient_and_names_the_vendor_code(welink_sim, 
 
 @pytest.mark.parametrize("http_status", [200, 429])
 def test_rate_limit_48503_is_transient_with_retry_after(welink_sim, http_status):
-    welink_sim.rate_limit.limit = 2
+    welink_sim.rate_limit.limit = 1                # a call per second per API
     welink_sim.rate_limit_status = http_status
     backend = get_backend("welink")
     person = make_person()
 
-    outcome = backend.ensure_account(person, {})   # lookup and bulk use the two calls of this second
+    outcome = backend.ensure_account(person, {})   # status and bulk: one call of each API this second
+    assert outcome.kind == OutcomeKind.IN_PROGRESS
 
     outcome = backend.ensure_account(person, outcome.state)
     assert outcome.kind == OutcomeKind.TRANSIENT
@@ -382,3 +384,18 @@ def test_a_known_corp_user_id_in_a_batch_is_looked_up_and_the_others_are_not(wel
     assert welink_sim.calls_to(USERS_PATH) == 2
     assert welink_sim.submissions == {p.employee_number: 1 for p in persons[2:]}
     assert welink_sim.users[persons[0].employee_number]["userNameCn"] == "王五"
+
+
+def test_each_welink_api_has_its_own_40_calls_a_second(welink_sim, backend_settings):
+    # 3 calls a second per API at the simulator and in the client's setting: a batch that needs a status
+    # and a bulk call is never refused, though together they exceed 3 a second.
+    welink_sim.rate_limit.limit = 3
+    backend_settings.WELINK_MAX_CALLS_PER_SECOND_PER_API = 3
+    backend = get_backend("welink")
+
+    outcomes = [backend.ensure_account(make_person(), {}) for _ in range(6)]
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 6
+    assert welink_sim.rate_limit.refused == 0
+    assert set(TargetThrottle.objects.filter(system="welink").values_list("endpoint", flat=True)) >= \
+        {STATUS_PATH, BULK_PATH}
