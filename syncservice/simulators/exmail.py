@@ -2,7 +2,8 @@
 
 Endpoints: GET /cgi-bin/gettoken?corpid&corpsecret, GET /cgi-bin/user/get?access_token&userid,
 POST /cgi-bin/user/create?access_token, POST /cgi-bin/user/update?access_token (changes the fields it is
-given; 60111 for an unknown userid), GET /cgi-bin/user/list?access_token&department_id&fetch_child
+given; 60111 for an unknown userid), POST /cgi-bin/user/batchcheck?access_token (up to 20 addresses:
+whether each is free, a mailbox or a group), GET /cgi-bin/user/list?access_token&department_id&fetch_child
 (the members of a department, of its sub-departments too with fetch_child=1, in one answer, `enable` as a
 string as documented). Every answer is HTTP 200 with ``errcode`` / ``errmsg``. Limits (45009): calls per
 second per client, and calls a minute and an hour per cgi, as Tencent documents them (500 and 15,000).
@@ -15,6 +16,7 @@ from .base import stop as stop_server
 
 _address_re = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _mobile_re = re.compile(r"^1\d{10}$")
+MAX_BATCHCHECK = 20   # addresses per user/batchcheck call
 USER_FIELDS = ("userid", "name", "department", "position", "mobile", "tel", "extid", "gender", "slaves",
                "cpwd_login", "enable")
 
@@ -42,6 +44,8 @@ class ExmailSimulator(SimulatorApp):
         self.users: dict[str, dict] = {}     # lower-cased address → user
         self.created: dict[str, int] = {}    # lower-cased address → user/create calls that created it
         self.updated: dict[str, int] = {}    # lower-cased address → user/update calls that changed it
+        self.groups: set[str] = set()        # lower-cased addresses of mail groups (not mailboxes)
+        self.batchcheck_sizes: list[int] = []   # addresses in each user/batchcheck call received
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -63,6 +67,7 @@ class ExmailSimulator(SimulatorApp):
         if request.path == "/cgi-bin/gettoken" and request.method == "GET":
             return self._gettoken(request)
         routes = {("GET", "/cgi-bin/user/get"): self._get, ("POST", "/cgi-bin/user/create"): self._create,
+                  ("POST", "/cgi-bin/user/batchcheck"): self._batchcheck,
                   ("POST", "/cgi-bin/user/update"): self._update, ("GET", "/cgi-bin/user/list"): self._list}
         route = routes.get((request.method, request.path))
         if route is None:
@@ -97,6 +102,29 @@ class ExmailSimulator(SimulatorApp):
         if user is None:
             return _answer(60111, "userid not found")
         return _answer(0, "ok", **{k: user[k] for k in USER_FIELDS})
+
+    def _batchcheck(self, request: Request) -> Response:
+        """Whether each address is free: type -1 invalid, 0 free, 1 a mailbox, 3 a mail group (an alias is 2)."""
+        body = request.json()
+        addresses = body.get("userlist") if isinstance(body, dict) else None
+        if not isinstance(addresses, list) or not addresses:
+            return _answer(40058, "invalid userlist")
+        if len(addresses) > MAX_BATCHCHECK:
+            return _answer(60128, f"at most {MAX_BATCHCHECK} addresses a call")
+        self.batchcheck_sizes.append(len(addresses))
+        answers = []
+        for address in addresses:
+            address = str(address)
+            if not _address_re.match(address):
+                kind = -1
+            elif address.lower() in self.users:
+                kind = 1
+            elif address.lower() in self.groups:
+                kind = 3
+            else:
+                kind = 0
+            answers.append({"user": address, "type": kind})
+        return _answer(0, "ok", list=answers)
 
     def _create(self, request: Request) -> Response:
         body = request.json()

@@ -287,3 +287,53 @@ def test_without_the_per_cgi_pacing_the_same_calls_are_refused_with_45009(exmail
     assert exmail_sim.cgi_limits[1].refused > 0
     assert "45009" in {o.code for o in outcomes}
 
+
+# --- Lookups in batches: user/batchcheck ------------------------------------------------------------
+
+BATCHCHECK = "/cgi-bin/user/batchcheck"
+
+
+def test_twenty_new_mailboxes_cost_one_batchcheck_and_a_create_each(exmail_sim):
+    persons = [make_person() for _ in range(20)]
+    backend = get_backend("email")
+    assert backend.batch_size() == 20
+
+    outcomes = backend.ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED] * 20
+    assert exmail_sim.batchcheck_sizes == [20]
+    assert exmail_sim.calls_to(GET) == 0
+    assert exmail_sim.calls_to(CREATE) == 20
+    assert all(exmail_sim.created[p.email] == 1 for p in persons)
+
+
+def test_a_batch_reads_back_only_the_addresses_that_hold_a_mailbox(exmail_sim):
+    ours, strangers, group, new = make_person(), make_person(), make_person(), make_person()
+    exmail_sim.add_user(ours.email, name=ours.full_name, mobile=ours.phone_number)
+    exmail_sim.add_user(strangers.email, name="王五", mobile="13911112222", extid="OTHER")
+    exmail_sim.groups.add(group.email.lower())
+
+    outcomes = get_backend("email").ensure_accounts([(p, {}) for p in (ours, strangers, group, new)])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.LINKED, OutcomeKind.PERMANENT, OutcomeKind.PERMANENT,
+                                          OutcomeKind.CREATED]
+    assert [o.code for o in outcomes[1:3]] == ["email_taken", "email_taken"]
+    assert outcomes[2].state["taken_email"] == group.email
+    assert exmail_sim.calls_to(GET) == 2          # the two mailboxes, not the group nor the new address
+    assert exmail_sim.calls_to(CREATE) == 1
+
+
+def test_a_failed_batchcheck_retries_every_person_and_creates_nothing_twice(exmail_sim):
+    persons = [make_person() for _ in range(5)]
+    exmail_sim.faults.fail(1, status=503, path=BATCHCHECK)
+    exmail_sim.faults.drop(1, path=CREATE)        # the second create arrives; its answer is lost
+    backend = get_backend("email")
+
+    failed = backend.ensure_accounts([(p, {}) for p in persons])
+    assert [(o.kind, o.code) for o in failed] == [(OutcomeKind.TRANSIENT, "http_503")] * 5
+    first = backend.ensure_accounts([(p, {}) for p in persons])
+    assert [o.kind for o in first].count(OutcomeKind.TRANSIENT) == 1
+    again = backend.ensure_accounts([(p, {}) for p, o in zip(persons, first) if not o.succeeded])
+
+    assert [o.kind for o in again] == [OutcomeKind.LINKED]   # found by the batchcheck, read back: ours
+    assert all(exmail_sim.created[p.email] == 1 for p in persons)
