@@ -270,6 +270,9 @@ TARGET_HTTP_TIMEOUT_SECONDS = env_float("TARGET_HTTP_TIMEOUT_SECONDS", 10.0)
 TARGET_TOKEN_REFRESH_MARGIN_SECONDS = env_float("TARGET_TOKEN_REFRESH_MARGIN_SECONDS", 300.0)
 IDAAS_SCIM_URL = os.environ.get("IDAAS_SCIM_URL", "")
 IDAAS_SCIM_TOKEN = os.environ.get("IDAAS_SCIM_TOKEN", "")
+# Persons per batch a SCIM worker thread takes: looked up 20 per search, created in POST /Bulk requests within
+# the server's maxOperations / maxPayloadSize when /ServiceProviderConfig announces bulk.supported.
+IDAAS_SCIM_BATCH_SIZE = env_int("IDAAS_SCIM_BATCH_SIZE", 50)
 WELINK_API_URL = os.environ.get("WELINK_API_URL", "https://open.welink.huaweicloud.com")
 WELINK_CLIENT_ID = os.environ.get("WELINK_CLIENT_ID", "")
 WELINK_CLIENT_SECRET = os.environ.get("WELINK_CLIENT_SECRET", "")

@@ -237,3 +237,24 @@ def scim_small_pages(backend_settings, scim_small_pages_server_url):
     """The IDaaS backend pointed, through the proxy, at the scim2-server with pages of two."""
     yield from _scim_through_proxy(backend_settings, scim_small_pages_server_url)
 
+
+# A service provider that takes at most two operations per POST /Bulk.
+SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK = {
+    **SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH,
+    "patch": {"supported": True},
+    "bulk": {"supported": True, "maxOperations": 2, "maxPayloadSize": 1048576},
+}
+
+
+@pytest.fixture(scope="session")
+def scim_small_bulk_server_url(tmp_path_factory):
+    """A fourth real scim2-server, one whose Bulk requests take at most two operations."""
+    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
+    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK))
+    yield from _scim2_server("--service-provider-config", str(config))
+
+
+@pytest.fixture
+def scim_small_bulk(backend_settings, scim_small_bulk_server_url):
+    """The IDaaS backend pointed, through the proxy, at the scim2-server with maxOperations 2."""
+    yield from _scim_through_proxy(backend_settings, scim_small_bulk_server_url)

@@ -131,9 +131,10 @@ def test_exmail_mailboxes_are_created_exactly_once_through_faults(hr_caller, exm
 
 def test_idaas_users_are_created_exactly_once_on_a_real_scim_server(hr_caller, scim):
     users = make_users(10, prefix=f"SC{time.time_ns() % 10**8}-")
-    scim.proxy.faults.fail(2, status=503, method="POST", path="/Users")
+    # scim2-server announces bulk: the ten creations go through POST /Bulk, whose faults hit all ten.
+    scim.proxy.faults.fail(1, status=503, method="POST", path="/Bulk")
     scim.proxy.faults.fail(1, status=429, method="GET", path="/Users", retry_after=1)
-    scim.proxy.faults.drop(2, method="POST", path="/Users")
+    scim.proxy.faults.drop(1, method="POST", path="/Bulk")
     request = submit(hr_caller, users, ["idaas"])
 
     run_stages()
@@ -145,6 +146,10 @@ def test_idaas_users_are_created_exactly_once_on_a_real_scim_server(hr_caller, s
         found = scim.users_named(number)
         assert [u["id"] for u in found] == [account.external_id]
     assert {"http_503", "http_429", "connection_error"} <= attempt_codes("idaas")
+    assert scim.proxy.calls_to("/Users", "POST") == 0
+    # The 503, then the request whose answer was lost: it had created them, and the next search linked them.
+    assert scim.proxy.calls_to("/Bulk", "POST") == 2
+    assert TaskAttempt.objects.filter(task__system="idaas", outcome="linked").count() == 10
 
 
 def test_hr_persons_get_accounts_in_all_three_real_systems_and_logs_stay_clean(
