@@ -80,6 +80,19 @@ class PersonSnapshot:
     departments: list = field(default_factory=list)
 
 
+def keyed_persons(items: list[tuple[PersonSnapshot, dict]], key: str) -> tuple[list, list[int]]:
+    """For a batch: one outcome slot per item, already `invalid_person` for a person without an employee
+    number (`key` names what the target calls it), and the indexes of the others, to be called."""
+    outcomes: list[Outcome | None] = [None] * len(items)
+    keyed = []
+    for index, (person, _) in enumerate(items):
+        if person.employee_number:
+            keyed.append(index)
+        else:
+            outcomes[index] = Outcome.permanent("invalid_person", f"the person has no employee number (the {key})")
+    return outcomes, keyed
+
+
 @dataclass(frozen=True)
 class AccountChange:
     """A change to an account that exists: the person's snapshot carries every value it must hold now."""

@@ -24,6 +24,7 @@ from .base import (
     PersonSnapshot,
     TargetAccount,
     TargetBackend,
+    keyed_persons,
 )
 from .http import (
     HttpClient,
@@ -202,14 +203,7 @@ class ScimIdaasBackend(TargetBackend):
             return [e.outcome] * len(items)
         if not support.supported or support.max_operations < 2:
             return [self.ensure_account(person, state) for person, state in items]
-        outcomes: list[Outcome | None] = [None] * len(items)
-        wanted = []
-        for index, (person, _) in enumerate(items):
-            if person.employee_number:
-                wanted.append(index)
-            else:
-                outcomes[index] = Outcome.permanent("invalid_person",
-                                                    "the person has no employee number (the SCIM userName)")
+        outcomes, wanted = keyed_persons(items, "SCIM userName")
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start:start + LOOKUP_BATCH]
             persons = [items[i][0] for i in batch]

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .base import AccountChange, ListingFailed, Outcome, PersonSnapshot, TargetAccount, TargetBackend
+from .base import (
+    AccountChange,
+    ListingFailed,
+    Outcome,
+    PersonSnapshot,
+    TargetAccount,
+    TargetBackend,
+    keyed_persons,
+)
 from .http import (
     DEFAULT_RETRY_AFTER_SECONDS,
     HttpClient,
@@ -261,14 +269,7 @@ class WelinkBackend(TargetBackend):
         then one users/bulk call submits those WeLink does not know; only a user that exists already is
         looked up, to tell whose it is. users/bulk takes WELINK_BULK_SIZE at a time. One outcome per person,
         from the vendor's per-person code."""
-        outcomes: list[Outcome | None] = [None] * len(items)
-        valid = []
-        for index, (person, _) in enumerate(items):
-            if person.employee_number:
-                valid.append(index)
-            else:
-                outcomes[index] = Outcome.permanent("invalid_person",
-                                                    "the person has no employee number (the corpUserId)")
+        outcomes, valid = keyed_persons(items, "corpUserId")
         size = self.batch_size()
         for start in range(0, len(valid), size):
             batch = valid[start:start + size]

@@ -201,12 +201,17 @@ SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH = {
 }
 
 
+def _scim2_server_configured(tmp_path_factory, config: dict):
+    """A real scim2-server whose /ServiceProviderConfig is `config`."""
+    path = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
+    path.write_text(json.dumps(config))
+    yield from _scim2_server("--service-provider-config", str(path))
+
+
 @pytest.fixture(scope="session")
 def scim_without_patch_server_url(tmp_path_factory):
     """A second real scim2-server, one that does not support PATCH, for the GET + PUT fallback."""
-    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
-    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH))
-    yield from _scim2_server("--service-provider-config", str(config))
+    yield from _scim2_server_configured(tmp_path_factory, SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH)
 
 
 @pytest.fixture
@@ -227,9 +232,7 @@ SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES = {
 @pytest.fixture(scope="session")
 def scim_small_pages_server_url(tmp_path_factory):
     """A third real scim2-server, one that answers pages of at most two users."""
-    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
-    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES))
-    yield from _scim2_server("--service-provider-config", str(config))
+    yield from _scim2_server_configured(tmp_path_factory, SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES)
 
 
 @pytest.fixture
@@ -249,9 +252,7 @@ SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK = {
 @pytest.fixture(scope="session")
 def scim_small_bulk_server_url(tmp_path_factory):
     """A fourth real scim2-server, one whose Bulk requests take at most two operations."""
-    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
-    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK))
-    yield from _scim2_server("--service-provider-config", str(config))
+    yield from _scim2_server_configured(tmp_path_factory, SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK)
 
 
 @pytest.fixture
