@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.db import connection
 
-from syncservice.backends import reset_backends
+from syncservice.backends import pacing, reset_backends
 from syncservice.backends.base import PersonSnapshot
+from syncservice.models import TargetThrottle
 from syncservice.simulators import exmail, hr, proxy, welink
 
 SCIM_TOKEN = "scim-test-token"
@@ -36,6 +38,13 @@ def make_person(**overrides) -> PersonSnapshot:
     }
     fields.update(overrides)
     return PersonSnapshot(**fields)
+
+
+def paced_endpoints(system: str) -> set[str]:
+    """The endpoints of `system` that took pacing slots: shared rows on PostgreSQL, in-process ones on SQLite."""
+    if connection.vendor == "postgresql":
+        return set(TargetThrottle.objects.filter(system=system).values_list("endpoint", flat=True))
+    return {endpoint for paced, endpoint in pacing._local_next if paced == system}
 
 
 def free_port() -> int:

@@ -6,10 +6,9 @@ import pytest
 
 from syncservice.backends import get_backend
 from syncservice.backends.base import OutcomeKind
-from syncservice.models import TargetThrottle
 from syncservice.simulators.welink import BULK_PATH, STATUS_PATH, TOKEN_PATH, USERS_PATH
 
-from .conftest import make_person
+from .conftest import make_person, paced_endpoints
 
 
 def drive(backend, person, state=None, max_calls=10):
@@ -397,5 +396,5 @@ def test_each_welink_api_has_its_own_40_calls_a_second(welink_sim, backend_setti
 
     assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 6
     assert welink_sim.rate_limit.refused == 0
-    assert set(TargetThrottle.objects.filter(system="welink").values_list("endpoint", flat=True)) >= \
+    assert paced_endpoints("welink") >= \
         {STATUS_PATH, BULK_PATH}
