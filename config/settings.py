@@ -284,19 +284,32 @@ TARGET_HTTP_TIMEOUT_SECONDS = env_float("TARGET_HTTP_TIMEOUT_SECONDS", 10.0)
 TARGET_TOKEN_REFRESH_MARGIN_SECONDS = env_float("TARGET_TOKEN_REFRESH_MARGIN_SECONDS", 300.0)
 IDAAS_SCIM_URL = os.environ.get("IDAAS_SCIM_URL", "")
 IDAAS_SCIM_TOKEN = os.environ.get("IDAAS_SCIM_TOKEN", "")
+# Persons per batch a SCIM worker thread takes: looked up 20 per search, created in POST /Bulk requests within
+# the server's maxOperations / maxPayloadSize when /ServiceProviderConfig announces bulk.supported.
+IDAAS_SCIM_BATCH_SIZE = env_int("IDAAS_SCIM_BATCH_SIZE", 50)
 WELINK_API_URL = os.environ.get("WELINK_API_URL", "https://open.welink.huaweicloud.com")
 WELINK_CLIENT_ID = os.environ.get("WELINK_CLIENT_ID", "")
 WELINK_CLIENT_SECRET = os.environ.get("WELINK_CLIENT_SECRET", "")
+# Persons per users/bulk call (and per users/status poll): WeLink takes at most 10.
+WELINK_BULK_SIZE = env_int("WELINK_BULK_SIZE", 10)
+if not 1 <= WELINK_BULK_SIZE <= 10:
+    raise ImproperlyConfigured(f"WELINK_BULK_SIZE must be between 1 and 10 (WeLink's limit), got {WELINK_BULK_SIZE}")
+# Persons per users/status call (the status API takes a list; its documented size limit is not known here).
+WELINK_STATUS_BATCH_SIZE = env_int("WELINK_STATUS_BATCH_SIZE", 50)
 EXMAIL_API_URL = os.environ.get("EXMAIL_API_URL", "https://api.exmail.qq.com")
 EXMAIL_CORP_ID = os.environ.get("EXMAIL_CORP_ID", "")
 EXMAIL_CORP_SECRET = os.environ.get("EXMAIL_CORP_SECRET", "")
 EXMAIL_DEPARTMENT_ID = os.environ.get("EXMAIL_DEPARTMENT_ID", "1")
-# Outbound limits per target system, held across every worker process together (backends/pacing.py):
-# calls per second (0 = unlimited) and calls in flight (0 = only the per-process *_CONCURRENCY).
-# WeLink allows 40 calls/s per client and Tencent Exmail 500 calls/min.
+# Outbound limits, held across every worker process together (backends/pacing.py). Per endpoint, as the
+# vendors state them: WeLink 40 calls/s per API per client, Tencent Exmail 500 calls/min and 15,000
+# calls/hour per cgi (0 = no such limit). Per system, every endpoint together: calls per second (0 =
+# unlimited; an extra cap when set), and calls in flight (0 = only the per-process *_CONCURRENCY).
+WELINK_MAX_CALLS_PER_SECOND_PER_API = env_float("WELINK_MAX_CALLS_PER_SECOND_PER_API", 40.0)
+MAILBOX_MAX_CALLS_PER_MINUTE_PER_CGI = env_float("MAILBOX_MAX_CALLS_PER_MINUTE_PER_CGI", 500.0)
+MAILBOX_MAX_CALLS_PER_HOUR_PER_CGI = env_float("MAILBOX_MAX_CALLS_PER_HOUR_PER_CGI", 15000.0)
 IDAAS_MAX_CALLS_PER_SECOND = env_float("IDAAS_MAX_CALLS_PER_SECOND", 0.0)
-WELINK_MAX_CALLS_PER_SECOND = env_float("WELINK_MAX_CALLS_PER_SECOND", 40.0)
-MAILBOX_MAX_CALLS_PER_SECOND = env_float("MAILBOX_MAX_CALLS_PER_SECOND", 500 / 60)
+WELINK_MAX_CALLS_PER_SECOND = env_float("WELINK_MAX_CALLS_PER_SECOND", 0.0)
+MAILBOX_MAX_CALLS_PER_SECOND = env_float("MAILBOX_MAX_CALLS_PER_SECOND", 0.0)
 IDAAS_MAX_CONCURRENCY = env_int("IDAAS_MAX_CONCURRENCY", 0)
 WELINK_MAX_CONCURRENCY = env_int("WELINK_MAX_CONCURRENCY", 0)
 MAILBOX_MAX_CONCURRENCY = env_int("MAILBOX_MAX_CONCURRENCY", 0)

@@ -513,9 +513,13 @@ class Notification(models.Model):
 
 
 class TargetThrottle(models.Model):
-    """Shared pacing of calls to one target system, across every worker process."""
+    """Shared pacing of calls to one target system, or to one endpoint of it, across every worker process.
 
-    system = models.CharField("系统", max_length=16, choices=System.choices, unique=True)
+    The row with an empty `endpoint` paces the system as a whole (the *_MAX_CALLS_PER_SECOND settings);
+    a row per endpoint (the API path) paces what the vendor limits per API / per cgi."""
+
+    system = models.CharField("系统", max_length=16, choices=System.choices)
+    endpoint = models.CharField("接口", max_length=64, blank=True, default="")
     next_call_at = models.DateTimeField("下一次可调用时间", default=timezone.now)
     paused_until = models.DateTimeField("暂停至", null=True, blank=True)
     pause_reason = models.CharField("暂停原因", max_length=255, blank=True, default="")
@@ -524,9 +528,10 @@ class TargetThrottle(models.Model):
     class Meta:
         verbose_name = "目标系统限速"
         verbose_name_plural = "目标系统限速"
+        constraints = [models.UniqueConstraint(fields=["system", "endpoint"], name="target_throttle_system_endpoint")]
 
     def __str__(self):
-        return self.get_system_display()
+        return f"{self.get_system_display()} {self.endpoint}".strip()
 
 
 class Lease(models.Model):

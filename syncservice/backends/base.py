@@ -80,6 +80,19 @@ class PersonSnapshot:
     departments: list = field(default_factory=list)
 
 
+def keyed_persons(items: list[tuple[PersonSnapshot, dict]], key: str) -> tuple[list, list[int]]:
+    """For a batch: one outcome slot per item, already `invalid_person` for a person without an employee
+    number (`key` names what the target calls it), and the indexes of the others, to be called."""
+    outcomes: list[Outcome | None] = [None] * len(items)
+    keyed = []
+    for index, (person, _) in enumerate(items):
+        if person.employee_number:
+            keyed.append(index)
+        else:
+            outcomes[index] = Outcome.permanent("invalid_person", f"the person has no employee number (the {key})")
+    return outcomes, keyed
+
+
 @dataclass(frozen=True)
 class AccountChange:
     """A change to an account that exists: the person's snapshot carries every value it must hold now."""
@@ -139,6 +152,16 @@ class TargetBackend:
 
     def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
         raise NotImplementedError("subclasses of TargetBackend must provide an ensure_account() method")
+
+    def batch_size(self) -> int:
+        """How many persons one ensure_accounts call takes (a target with a bulk API takes several)."""
+        return 1
+
+    def ensure_accounts(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        """ensure_account for several (person, state) pairs at once, one outcome per pair in order: a target
+        with a bulk API sends them in few calls and still answers per person (one person's refusal fails
+        that person only; a failure of a whole call answers the same transient outcome for each)."""
+        return [self.ensure_account(person, state) for person, state in items]
 
     def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
         """Bring an existing account in line with `person` and `change.active`; idempotent like

@@ -51,6 +51,10 @@ TRANSIENT_CODES = {-1, 45009, 45033}  # system busy, call frequency and concurre
 USER_EXISTS = 60102
 USER_NOT_FOUND = 60111
 EMAIL_TAKEN = "email_taken"
+BATCHCHECK_PATH = "/cgi-bin/user/batchcheck"
+MAX_BATCHCHECK = 20   # addresses per user/batchcheck call
+# user/batchcheck's answer per address: -1 invalid, 0 free, 1 a mailbox, 2 an alias, 3 a mail group.
+ADDRESS_INVALID, ADDRESS_FREE, ADDRESS_MAILBOX = -1, 0, 1
 
 # A fetched member list lives as long as its listing reads pages: it is dropped after the last page, or
 # this long after the latest one (an abandoned listing). A cursor that outlives it (a restart, another
@@ -129,7 +133,7 @@ class ExmailBackend(TargetBackend):
                 retry_after = None
                 if errcode in RATE_LIMIT_CODES:
                     retry_after = 1.0
-                    self.http.rate_limited(retry_after, f"Exmail {errcode}")
+                    self.http.rate_limited(retry_after, f"Exmail {errcode}", path)
                 raise TargetError(Outcome.transient(str(errcode), str(body.get("errmsg", "")),
                                                     retry_after=retry_after,
                                                     rate_limited=errcode in RATE_LIMIT_CODES))
@@ -148,17 +152,82 @@ class ExmailBackend(TargetBackend):
 
     # --- The contract -----------------------------------------------------------------------------
 
+    def batch_size(self) -> int:
+        return MAX_BATCHCHECK
+
     def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
         address = (person.email or "").strip()
         if not address:
             return Outcome.permanent("no_email", "the person has no allocated email address yet")
         try:
-            existing = self._get(address, person)
-            if existing is not None:
-                return self._resolve_existing(existing, person, state, "the mailbox existed already")
-            return self._create(address, person, state)
+            return self._ensure(address, person, state)
         except TargetError as e:
             return e.outcome
+
+    def _ensure(self, address: str, person: PersonSnapshot, state: dict) -> Outcome:
+        existing = self._get(address, person)
+        if existing is not None:
+            return self._resolve_existing(existing, person, state, "the mailbox existed already")
+        return self._create(address, person, state)
+
+    def ensure_accounts(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        """Several persons: one user/batchcheck call tells for up to 20 addresses whether each is free, so
+        that user/create is the only cgi with a call per person; only an address that holds a mailbox is
+        read back (user/get) to tell whose it is. One outcome per person."""
+        if len(items) == 1:
+            return [self.ensure_account(*items[0])]
+        outcomes: list[Outcome | None] = [None] * len(items)
+        checked = []
+        for index, (person, _) in enumerate(items):
+            if (person.email or "").strip():
+                checked.append(index)
+            else:
+                outcomes[index] = Outcome.permanent("no_email", "the person has no allocated email address yet")
+        for start in range(0, len(checked), MAX_BATCHCHECK):
+            batch = checked[start:start + MAX_BATCHCHECK]
+            try:
+                kinds = self._batchcheck([items[i][0].email.strip() for i in batch])
+            except TargetError as e:
+                for index in batch:
+                    outcomes[index] = e.outcome
+                continue
+            for index in batch:
+                person, state = items[index]
+                address = person.email.strip()
+                try:
+                    outcomes[index] = self._after_check(address, person, state, kinds.get(address.casefold()))
+                except TargetError as e:
+                    outcomes[index] = e.outcome
+        return outcomes
+
+    def _batchcheck(self, addresses: list[str]) -> dict[str, int]:
+        """casefolded address → its type in user/batchcheck's answer (an address it leaves out is absent)."""
+        body = self._call("POST", BATCHCHECK_PATH, json={"userlist": addresses})
+        errcode = _errcode(body)
+        if errcode != OK:
+            raise TargetError(Outcome.transient(str(errcode), f"user/batchcheck: {body.get('errmsg', '')}")
+                              if errcode == -1 else Outcome.permanent(str(errcode), str(body.get("errmsg", ""))))
+        kinds = {}
+        for entry in body.get("list") or []:
+            if isinstance(entry, dict) and entry.get("user"):
+                try:
+                    kinds[str(entry["user"]).casefold()] = int(entry.get("type"))
+                except (TypeError, ValueError):
+                    continue
+        return kinds
+
+    def _after_check(self, address: str, person: PersonSnapshot, state: dict, kind: int | None) -> Outcome:
+        if kind == ADDRESS_FREE:
+            return self._create(address, person, state)
+        if kind == ADDRESS_INVALID:
+            log_vendor_answer(self.system, "user/batchcheck", person, kind, f"invalid address {address}")
+            return Outcome.permanent("invalid_address", f"Exmail answered user/batchcheck type -1 (invalid) "
+                                                        f"for {address}")
+        if kind in (2, 3):
+            # An alias or a mail group holds the address: no mailbox to compare, and it is not the person's.
+            return self._taken(address, state, f"user/batchcheck type {kind} (an alias or a mail group)")
+        # A mailbox holds it (or the answer left it out): read it back, as the single path does.
+        return self._ensure(address, person, state)
 
     def _create(self, address: str, person: PersonSnapshot, state: dict) -> Outcome:
         department = settings.EXMAIL_DEPARTMENT_ID
@@ -190,10 +259,15 @@ class ExmailBackend(TargetBackend):
         if same_mobile(str(user.get("mobile", "")), person.phone_number) or \
                 same_text(str(user.get("extid", "")), person.employee_number):
             return Outcome.linked(address, message=context)
+        return self._taken(address, state, f"{context}: mailbox {address} belongs to someone else (extid "
+                                           f"{user.get('extid', '')!r})")
+
+    @staticmethod
+    def _taken(address: str, state: dict, reason: str) -> Outcome:
+        """The address is someone else's: the person needs the next free one."""
         refused = sorted({*state.get("refused_emails", []), address.lower()})
         return Outcome.permanent(
-            EMAIL_TAKEN, f"{context}: mailbox {address} belongs to someone else (extid "
-                         f"{user.get('extid', '')!r}); the person needs the next free address",
+            EMAIL_TAKEN, f"{reason}; the person needs the next free address",
             state={**state, "reallocate_email": True, "taken_email": address, "refused_emails": refused},
         )
 

@@ -193,8 +193,9 @@ class HttpClient:
         """
         timeout = float(settings.TARGET_HTTP_TIMEOUT_SECONDS)
         url = self.base_url + path
-        # The system's shared rate (every worker process together) decides when this call may leave.
-        pace(self.system)
+        # The endpoint's (and the system's) shared rate, every worker process together, decides when this
+        # call may leave.
+        pace(self.system, path)
         started = time.monotonic()
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)
@@ -217,16 +218,16 @@ class HttpClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if status == 429:
                 retry_after = DEFAULT_RETRY_AFTER_SECONDS if retry_after is None else retry_after
-                self.rate_limited(retry_after, f"HTTP 429 {code}".strip())
+                self.rate_limited(retry_after, f"HTTP 429 {code}".strip(), path)
             raise TargetError(Outcome.transient(
                 code or f"http_{status}", message or f"HTTP {status}: {body_excerpt(response)}",
                 retry_after=retry_after, rate_limited=status == 429))
         self._log(method, path, started, status, self.error_fields(safe_json(response))[0])
         return response
 
-    def rate_limited(self, retry_after: float, reason: str) -> None:
-        """The target said slow down: pause this system for every worker, not only this call's task."""
-        pause(self.system, retry_after, reason)
+    def rate_limited(self, retry_after: float, reason: str, path: str = "") -> None:
+        """The target said slow down: pause this endpoint (or system) for every worker, not only this task."""
+        pause(self.system, retry_after, reason, endpoint=path)
 
     def _log(self, method, path, started, result, code="") -> None:
         took = int((time.monotonic() - started) * 1000)

@@ -7,6 +7,9 @@ Reconciliation reads every user by index paging, `GET /Users?startIndex=&count=`
 """
 
 import json
+import threading
+import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from django.conf import settings
@@ -21,6 +24,7 @@ from .base import (
     PersonSnapshot,
     TargetAccount,
     TargetBackend,
+    keyed_persons,
     orphan_snapshot,
 )
 from .http import (
@@ -38,6 +42,9 @@ from .http import (
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 PATCH_OP_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+BULK_REQUEST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+LOOKUP_BATCH = 20   # userNames per batched lookup (`userName eq "a" or userName eq "b" …`)
+CONFIG_SECONDS = 300.0   # how long the announced bulk support is believed before it is read again
 SCIM_MEDIA_TYPE = "application/scim+json"
 NO_PATCH_STATUSES = (405, 501)   # Method Not Allowed / Not Implemented: ServiceProviderConfig patch.supported false
 
@@ -115,6 +122,28 @@ def target_account(user: dict) -> TargetAccount:
     )
 
 
+@dataclass(frozen=True)
+class BulkSupport:
+    """What /ServiceProviderConfig announces of POST /Bulk (RFC 7643 §5)."""
+
+    supported: bool
+    max_operations: int
+    max_payload_size: int
+
+
+NO_BULK = BulkSupport(False, 0, 0)
+
+
+def bulk_support(body) -> BulkSupport:
+    bulk = body.get("bulk") if isinstance(body, dict) else None
+    if not isinstance(bulk, dict) or bulk.get("supported") is not True:
+        return NO_BULK
+    try:
+        return BulkSupport(True, int(bulk.get("maxOperations") or 0), int(bulk.get("maxPayloadSize") or 0))
+    except (TypeError, ValueError):
+        return NO_BULK
+
+
 class ScimIdaasBackend(TargetBackend):
     system = "idaas"
 
@@ -122,6 +151,8 @@ class ScimIdaasBackend(TargetBackend):
         super().__init__(**options)
         self.http = HttpClient(system=self.system, url_setting="IDAAS_SCIM_URL", error_fields=scim_error)
         self.patch_supported = True   # until the server answers a PATCH with 501 or 405
+        self._bulk: tuple[BulkSupport, float] | None = None   # (support, time.monotonic() it was read)
+        self._bulk_lock = threading.Lock()
 
     def close(self) -> None:
         self.http.close()
@@ -140,6 +171,146 @@ class ScimIdaasBackend(TargetBackend):
             return self._create(person)
         except TargetError as e:
             return e.outcome
+
+    # --- Batches: POST /Bulk where the server announces it --------------------------------------
+
+    def batch_size(self) -> int:
+        """IDAAS_SCIM_BATCH_SIZE where the server takes POST /Bulk; otherwise one person per call, so that
+        the threads call side by side instead of one thread calling a batch in turn."""
+        try:
+            supported = self.bulk().supported
+        except TargetError:
+            supported = False
+        return max(1, int(settings.IDAAS_SCIM_BATCH_SIZE)) if supported else 1
+
+    def bulk(self) -> BulkSupport:
+        """The server's bulk support, read from /ServiceProviderConfig and kept for a few minutes; a
+        server that does not answer it is taken as one without bulk (the one-by-one path)."""
+        with self._bulk_lock:
+            if self._bulk is not None and time.monotonic() - self._bulk[1] < CONFIG_SECONDS:
+                return self._bulk[0]
+            response = self.http.request("GET", "/ServiceProviderConfig", headers=self._headers())
+            support = bulk_support(safe_json(response)) if response.status_code == 200 else NO_BULK
+            self._bulk = (support, time.monotonic())
+            return support
+
+    def ensure_accounts(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        """Several persons: the lookups in batched filters, the creations through POST /Bulk within the
+        server's maxOperations and maxPayloadSize, each operation's result for its person (RFC 7644 §3.7).
+        Without bulk support (or for one person), one person at a time."""
+        try:
+            support = self.bulk() if len(items) > 1 else NO_BULK
+        except TargetError as e:
+            return [e.outcome] * len(items)
+        if not support.supported or support.max_operations < 2:
+            return [self.ensure_account(person, state) for person, state in items]
+        outcomes, wanted = keyed_persons(items, "SCIM userName")
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start:start + LOOKUP_BATCH]
+            persons = [items[i][0] for i in batch]
+            try:
+                found = self._find_many(persons)
+            except TargetError as e:
+                for index in batch:
+                    outcomes[index] = e.outcome
+                continue
+            create = []
+            for index, person in zip(batch, persons):
+                users = found.get(person.employee_number.casefold(), [])
+                if len(users) > 1:
+                    outcomes[index] = Outcome.permanent(
+                        "ambiguous", f"{len(users)} SCIM users have userName {person.employee_number}")
+                elif users:
+                    outcomes[index] = self._link(users[0], person, "the user existed already")
+                else:
+                    create.append(index)
+            for index, outcome in self._create_in_bulk([(i, items[i][0]) for i in create], support).items():
+                outcomes[index] = outcome
+        return outcomes
+
+    def _find_many(self, persons: list[PersonSnapshot]) -> dict[str, list[dict]]:
+        """One search for several userNames: casefolded userName → the users the server holds with it."""
+        expression = " or ".join(f"userName eq {filter_string(p.employee_number)}" for p in persons)
+        response = self.http.request("GET", "/Users", headers=self._headers(),
+                                     params={"filter": expression, "count": len(persons) * 2})
+        if response.status_code == 404:
+            return {}
+        if response.status_code != 200:
+            raise TargetError(self._failure(response, persons[0], "lookup"))
+        body = json_object(response, self.system)
+        wanted = {p.employee_number.casefold() for p in persons}
+        found: dict[str, list[dict]] = {}
+        for user in body.get("Resources") or []:
+            if isinstance(user, dict) and str(user.get("userName", "")).casefold() in wanted:
+                found.setdefault(str(user["userName"]).casefold(), []).append(user)
+        return found
+
+    def _create_in_bulk(self, persons: list[tuple[int, PersonSnapshot]], support: BulkSupport) -> dict:
+        """POST /Bulk for these persons, in requests within maxOperations and maxPayloadSize; index → outcome."""
+        outcomes: dict[int, Outcome] = {}
+        request: list[tuple[int, PersonSnapshot, dict]] = []
+        size = 0
+        for index, person in persons:
+            operation = {"method": "POST", "path": "/Users", "bulkId": person.employee_number,
+                         "data": self._user(person)}
+            length = len(json.dumps(operation, ensure_ascii=False).encode("utf-8")) + 1
+            limit = support.max_payload_size - 200   # the request's envelope
+            if request and (len(request) >= support.max_operations or (support.max_payload_size and
+                                                                       size + length > limit)):
+                outcomes.update(self._send_bulk(request))
+                request, size = [], 0
+            request.append((index, person, operation))
+            size += length
+        if request:
+            outcomes.update(self._send_bulk(request))
+        return outcomes
+
+    def _send_bulk(self, request: list[tuple[int, PersonSnapshot, dict]]) -> dict:
+        body = {"schemas": [BULK_REQUEST_SCHEMA], "Operations": [operation for _, _, operation in request]}
+        try:
+            response = self.http.request("POST", "/Bulk", headers=self._headers(),
+                                         data=json.dumps(body, ensure_ascii=False).encode("utf-8"))
+            if response.status_code != 200:
+                raise TargetError(self._failure(response, request[0][1], "bulk"))
+            answer = json_object(response, self.system)
+        except TargetError as e:
+            # Nothing is known of any operation: each person is looked up again before another create.
+            return {index: e.outcome for index, _, _ in request}
+        results = {str(r.get("bulkId")): r for r in answer.get("Operations") or [] if isinstance(r, dict)}
+        outcomes = {}
+        for index, person, _ in request:
+            try:
+                outcomes[index] = self._bulk_outcome(person, results.get(person.employee_number))
+            except TargetError as e:
+                outcomes[index] = e.outcome
+        return outcomes
+
+    def _bulk_outcome(self, person: PersonSnapshot, result: dict | None) -> Outcome:
+        """One operation's result (RFC 7644 §3.7.3): 201 created (its id from `location`), 409 uniqueness
+        resolved by a lookup like a single create's, other answers per person."""
+        if result is None:
+            return Outcome.transient("bulk_incomplete", "the Bulk answer has no result for this operation")
+        try:
+            status = int(str(result.get("status", "")).strip()[:3])
+        except ValueError:
+            status = 0
+        detail = result.get("response") if isinstance(result.get("response"), dict) else {}
+        if status in (200, 201):
+            user_id = str(detail.get("id") or str(result.get("location") or "").rstrip("/").rpartition("/")[2])
+            if not user_id:
+                return Outcome.transient("bad_response", "SCIM created the user in a Bulk request but gave no id")
+            return Outcome.created(user_id)
+        scim_type, message = scim_error(detail)
+        log_vendor_answer(self.system, "bulk", person, f"{status} {scim_type}".strip(), message)
+        if status == 409:
+            existing = self._find(person)
+            if existing is not None:
+                return self._link(existing, person, message or "409 uniqueness")
+            return Outcome.permanent(scim_type or "http_409", message or "409")
+        if status == 429 or status >= 500 or status == 401:
+            return Outcome.transient(scim_type or f"http_{status}", message or f"Bulk operation answered {status}",
+                                     rate_limited=status == 429)
+        return Outcome.permanent(scim_type or f"http_{status}", message or f"Bulk operation answered {status}")
 
     def list_accounts(self, *, cursor: str | None, page_size: int) -> AccountPage:
         """One page from `startIndex` (1-based; the cursor is the next one). The server may answer fewer
@@ -190,7 +361,9 @@ class ScimIdaasBackend(TargetBackend):
                 "ambiguous", f"{len(users)} SCIM users have userName {person.employee_number}"))
         return users[0] if users else None
 
-    def _create(self, person: PersonSnapshot) -> Outcome:
+    @staticmethod
+    def _user(person: PersonSnapshot) -> dict:
+        """The SCIM user a creation sends."""
         user = {
             "schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA] if person.department_code else [USER_SCHEMA],
             "userName": person.employee_number,
@@ -205,6 +378,10 @@ class ScimIdaasBackend(TargetBackend):
             user["phoneNumbers"] = [{"value": person.phone_number, "type": "mobile"}]
         if person.department_code:
             user[ENTERPRISE_SCHEMA] = {"department": person.department_code}
+        return user
+
+    def _create(self, person: PersonSnapshot) -> Outcome:
+        user = self._user(person)
         response = self.http.request("POST", "/Users", headers=self._headers(),
                                      data=json.dumps(user, ensure_ascii=False).encode("utf-8"))
         if response.status_code in (200, 201):

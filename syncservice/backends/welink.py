@@ -1,18 +1,31 @@
 """WeLink (open.welink.huaweicloud.com): bulk user sync, asynchronous; poll the status endpoint until opened.
 
-Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); WELINK_MAX_CALLS_PER_SECOND
+Settings: WELINK_API_URL, WELINK_CLIENT_ID, WELINK_CLIENT_SECRET (environment); WELINK_BULK_SIZE,
+WELINK_STATUS_BATCH_SIZE; WELINK_MAX_CALLS_PER_SECOND_PER_API (and the system-wide WELINK_MAX_CALLS_PER_SECOND)
 and WELINK_MAX_CONCURRENCY hold across every worker (backends/pacing.py).
-The user is keyed by corpUserId = employee number. A call either finds the account open (linked), submits it
-(in progress, ``state["submitted"]``), or polls a submitted job until 47109 (created). The external id is
-WeLink's own userId when the lookup reports one, else the corpUserId. A change (update, disable, enable)
+The user is keyed by corpUserId = employee number. Creations go in batches of WELINK_BULK_SIZE (≤ 10):
+one users/status call for the batch (the poll of submitted jobs, and "not found" for new persons), a lookup
+only of a corpUserId WeLink knows already, then one users/bulk call for those to submit; each person's
+outcome comes from its own entry. A job is polled until 47109 (created); the external id is the userId the
+answer carries, else the corpUserId. A change (update, disable, enable)
 is the same upsert with every current value and ``valid`` "1" or "0", polled the same way.
 WeLink lists users only department by department, so reconciliation does not list it (``can_list`` False):
 it looks its own persons up one corpUserId at a time, and cannot see orphans (docs/backends.md).
 """
 
+from dataclasses import dataclass
+
 from django.conf import settings
 
-from .base import AccountChange, ListingFailed, Outcome, PersonSnapshot, TargetAccount, TargetBackend
+from .base import (
+    AccountChange,
+    ListingFailed,
+    Outcome,
+    PersonSnapshot,
+    TargetAccount,
+    TargetBackend,
+    keyed_persons,
+)
 from .http import (
     DEFAULT_RETRY_AFTER_SECONDS,
     HttpClient,
@@ -42,6 +55,16 @@ OPENED = "47109"
 PENDING_CODES = {"47100", "47104", "47108", "47112", "47113"}
 SAVED_NOT_OPENED = "47107"                       # in the directory, no account: a submission opens it
 OPEN_STATUS = "3"
+
+
+MAX_BULK_SIZE = 10                               # persons per users/bulk call, WeLink's own limit
+
+
+@dataclass(frozen=True)
+class _Submit:
+    """The person must be submitted, with this state."""
+
+    state: dict
 
 
 def welink_error(body) -> tuple[str, str]:
@@ -134,7 +157,7 @@ class WelinkBackend(TargetBackend):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 if code == RATE_LIMITED:
                     retry_after = DEFAULT_RETRY_AFTER_SECONDS if retry_after is None else retry_after
-                    self.http.rate_limited(retry_after, f"WeLink {code}")
+                    self.http.rate_limited(retry_after, f"WeLink {code}", path)
                 raise TargetError(Outcome.transient(code, str(body.get("message", "")), retry_after=retry_after,
                                                     rate_limited=code == RATE_LIMITED))
             if response.status_code >= 400 and code == OK:
@@ -154,13 +177,22 @@ class WelinkBackend(TargetBackend):
             raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
         return record_of(body, person.employee_number)
 
-    def _poll(self, person: PersonSnapshot) -> tuple[str, str]:
-        body = self._call("POST", STATUS_PATH, json={"personInfo": [{"corpUserId": person.employee_number}]})
+    def _statuses(self, persons: list[PersonSnapshot]) -> dict[str, tuple[str, str, dict]]:
+        """One users/status call for several persons: corpUserId → (code, message, entry); a person the
+        answer leaves out reads as 47111 (no job)."""
+        body = self._call("POST", STATUS_PATH, json={"personInfo": [{"corpUserId": p.employee_number}
+                                                                    for p in persons]})
         code = str(body.get("code", OK))
         if code != OK:
-            log_vendor_answer(self.system, "status", person, code, body.get("message", ""))
+            for person in persons:
+                log_vendor_answer(self.system, "status", person, code, body.get("message", ""))
             raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
-        return self._entry(body, person, default=("47111", "no status for this corpUserId"))
+        return {p.employee_number: self._entry(body, p, default=("47111", "no status for this corpUserId"))
+                for p in persons}
+
+    def _poll(self, person: PersonSnapshot) -> tuple[str, str]:
+        code, message, _ = self._statuses([person])[person.employee_number]
+        return code, message
 
     @staticmethod
     def _person_info(person: PersonSnapshot, *, active: bool = True) -> dict:
@@ -186,26 +218,28 @@ class WelinkBackend(TargetBackend):
         if code != OK:
             log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
             raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
-        return self._entry(body, person, default=("47100", "accepted"))
-
-    def _submit(self, person: PersonSnapshot, state: dict) -> Outcome:
-        entry_code, message = self._bulk(person, state, self._person_info(person))
-        return self._job_outcome(person, state, entry_code, message)
+        code, message, _ = self._entry(body, person, default=("47100", "accepted"))
+        return code, message
 
     @staticmethod
-    def _entry(body: dict, person: PersonSnapshot, default: tuple[str, str]) -> tuple[str, str]:
+    def _entry(body: dict, person: PersonSnapshot, default: tuple[str, str]) -> tuple[str, str, dict]:
+        """The per-user (code, message, entry) of a bulk or status answer."""
         for entry in body.get("data") or []:
             if isinstance(entry, dict) and str(entry.get("corpUserId", "")) == person.employee_number:
-                return str(entry.get("code", "")), str(entry.get("message", "")).strip()
-        return default
+                return str(entry.get("code", "")), str(entry.get("message", "")).strip(), entry
+        return (*default, {})
 
-    def _job_outcome(self, person: PersonSnapshot, state: dict, code: str, message: str,
-                     *, ours: bool = True) -> Outcome | None:
-        """What a per-user job code means; None when there is no job (47111: submit it)."""
+    def _job_outcome(self, person: PersonSnapshot, state: dict, code: str, message: str, *, entry: dict,
+                     record: dict | None = None) -> Outcome | None:
+        """What a per-user job code means; None when there is no job (47111: submit it). `record` is the
+        lookup of a user that existed before this job was ours (the outcome is then linked, not created).
+
+        The external id of an opened account is the userId the answer (or the lookup) carries, else the
+        corpUserId: every call addresses the user by corpUserId, and reconciliation matches on it first,
+        so no lookup is spent on an id nothing needs."""
         if code == OPENED:
-            record = self._lookup(person)
-            external_id = str((record or {}).get("userId") or person.employee_number)
-            return Outcome.created(external_id, code=code, message=message) if ours else \
+            external_id = str(entry.get("userId") or (record or {}).get("userId") or person.employee_number)
+            return Outcome.created(external_id, code=code, message=message) if record is None else \
                 Outcome.linked(external_id, code=code, message=message)
         if code in PENDING_CODES or code == OK:
             return Outcome.in_progress(code=code, message=message, state={**state, "submitted": True})
@@ -218,42 +252,110 @@ class WelinkBackend(TargetBackend):
 
     # --- The contract -----------------------------------------------------------------------------
 
-    def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
-        if not person.employee_number:
-            return Outcome.permanent("invalid_person", "the person has no employee number (the corpUserId)")
-        try:
-            return self._ensure(person, state)
-        except TargetError as e:
-            return e.outcome
+    @staticmethod
+    def bulk_size() -> int:
+        return min(MAX_BULK_SIZE, max(1, int(settings.WELINK_BULK_SIZE)))
 
-    def _ensure(self, person: PersonSnapshot, state: dict) -> Outcome:
+    def batch_size(self) -> int:
+        """Persons per batch: one users/status call covers them all, users/bulk takes them 10 at a time."""
+        return max(self.bulk_size(), int(settings.WELINK_STATUS_BATCH_SIZE))
+
+    def ensure_account(self, person: PersonSnapshot, state: dict) -> Outcome:
+        return self.ensure_accounts([(person, state)])[0]
+
+    def ensure_accounts(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        """Persons in batches of WELINK_STATUS_BATCH_SIZE: one users/status call says for each of them whether WeLink
+        knows a job or a user (the poll of a submitted job, and the lookup's "not found" of a new person),
+        then one users/bulk call submits those WeLink does not know; only a user that exists already is
+        looked up, to tell whose it is. users/bulk takes WELINK_BULK_SIZE at a time. One outcome per person,
+        from the vendor's per-person code."""
+        outcomes, valid = keyed_persons(items, "corpUserId")
+        size = self.batch_size()
+        for start in range(0, len(valid), size):
+            batch = valid[start:start + size]
+            for index, outcome in zip(batch, self._ensure_batch([items[i] for i in batch])):
+                outcomes[index] = outcome
+        return outcomes
+
+    def _ensure_batch(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        try:
+            statuses = self._statuses([person for person, _ in items])
+        except TargetError as e:
+            # Nothing was learnt of anyone: each keeps its state and tries again.
+            return [e.outcome] * len(items)
+        outcomes: list[Outcome | None] = []
+        submit: list[tuple[int, PersonSnapshot, dict]] = []
+        for person, state in items:
+            code, message, entry = statuses[person.employee_number]
+            try:
+                outcome = self._after_status(person, state, code, message, entry)
+            except TargetError as e:
+                outcome = e.outcome
+            if isinstance(outcome, _Submit):
+                submit.append((len(outcomes), person, outcome.state))
+                outcome = None
+            outcomes.append(outcome)
+        size = self.bulk_size()
+        for start in range(0, len(submit), size):
+            chunk = submit[start:start + size]
+            for (index, _, _), outcome in zip(chunk, self._submit([(p, s) for _, p, s in chunk])):
+                outcomes[index] = outcome
+        return outcomes
+
+    def _after_status(self, person: PersonSnapshot, state: dict, code: str, message: str,
+                      entry: dict) -> "Outcome | _Submit":
+        """What the person's status means: an outcome, or _Submit when the person must be submitted."""
         if state.get("submitted") or state.get("submit_sent"):
-            code, message = self._poll(person)
             # The job is ours even when the answer to the submission was lost: 47109 means we created it.
-            outcome = self._job_outcome(person, state, code, message)
+            outcome = self._job_outcome(person, state, code, message, entry=entry)
             if outcome is not None:
                 return outcome
-            # No job at WeLink: the submission never arrived. Start over from the lookup.
-            state = {k: v for k, v in state.items() if k not in ("submitted", "submit_sent")}
+            # No job at WeLink: the submission never arrived. Submit again (the upsert makes it safe).
+            return _Submit({k: v for k, v in state.items() if k not in ("submitted", "submit_sent")})
+        if code in NOT_FOUND_CODES:
+            return _Submit(state)
+        # WeLink knows this corpUserId already: only the user's own attributes tell whose it is.
         record = self._lookup(person)
-        if record is not None:
-            # corpUserId matched by construction: only the person's own attributes tell whose it is.
-            if not record_belongs_to(person, emails=[record.get("userEmail", "")],
-                                     mobiles=[record.get("mobileNumber", "")],
-                                     names=[record.get("userNameCn", "")]):
-                return Outcome.permanent(
-                    "conflict", f"WeLink user {person.employee_number} belongs to someone else "
-                                f"({record.get('userNameCn', '')})")
-            if str(record.get("userStatus", "")) == OPEN_STATUS:
-                return Outcome.linked(str(record.get("userId") or person.employee_number),
-                                      message="the account was open already")
-            # Saved but not open: a job of ours whose answer was lost may be running. Ask before submitting.
-            code, message = self._poll(person)
-            if code != SAVED_NOT_OPENED:
-                outcome = self._job_outcome(person, state, code, message, ours=False)
-                if outcome is not None:
-                    return outcome
-        return self._submit(person, state)
+        if record is None:
+            return _Submit(state)
+        if not record_belongs_to(person, emails=[record.get("userEmail", "")],
+                                 mobiles=[record.get("mobileNumber", "")],
+                                 names=[record.get("userNameCn", "")]):
+            return Outcome.permanent(
+                "conflict", f"WeLink user {person.employee_number} belongs to someone else "
+                            f"({record.get('userNameCn', '')})")
+        if str(record.get("userStatus", "")) == OPEN_STATUS:
+            return Outcome.linked(str(record.get("userId") or person.employee_number),
+                                  message="the account was open already")
+        # Saved but not open: a job of ours whose answer was lost may be running (its status says so).
+        if code != SAVED_NOT_OPENED:
+            outcome = self._job_outcome(person, state, code, message, entry=entry, record=record)
+            if outcome is not None:
+                return outcome
+        return _Submit(state)
+
+    def _submit(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
+        """One users/bulk call for these persons; an outcome per person from its entry in the answer."""
+        try:
+            body = self._call("POST", BULK_PATH, json={"personInfo": [self._person_info(p) for p, _ in items]})
+        except TargetError as e:
+            # The call may have been accepted even though no answer came back: each person polls before
+            # being submitted again.
+            return [e.with_state({**state, "submit_sent": True}).outcome for _, state in items]
+        code = str(body.get("code", OK))
+        if code != OK:
+            for person, _ in items:
+                log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
+            return [Outcome.permanent(code, str(body.get("message", "")))] * len(items)
+        outcomes = []
+        for person, state in items:
+            entry_code, message, entry = self._entry(body, person, default=("47100", "accepted"))
+            outcome = self._job_outcome(person, state, entry_code, message, entry=entry)
+            if outcome is None:
+                log_vendor_answer(self.system, "bulk", person, entry_code, message)
+                outcome = Outcome.permanent(entry_code, message)
+            outcomes.append(outcome)
+        return outcomes
 
     def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
         """Submit every current value again with ``valid`` for `change.active`, and poll the job. The upsert

@@ -102,26 +102,39 @@ def ensure_account(task: Task) -> Outcome:
     """One call to the task's target, within the shared concurrency slots; never raises.
 
     A creation makes sure the account exists; a change (update, disable, enable) applies its values."""
+    return ensure_accounts(task.system, [task])[0]
+
+
+def ensure_accounts(system: str, tasks: list[Task]) -> list[Outcome]:
+    """The calls for several tasks of one system, in one of the shared concurrency slots; never raises.
+
+    Creations go to the backend together (a bulk API sends several persons per call) and changes one by
+    one; one outcome per task, in order. A failure of our own side answers the same outcome for each."""
     try:
-        with concurrency_slot(task.system) as acquired:
+        with concurrency_slot(system) as acquired:
             if not acquired:
-                return Outcome.transient("slot_busy", f"no free {task.system} call slot across the workers "
+                busy = Outcome.transient("slot_busy", f"no free {system} call slot across the workers "
                                                       f"within {settings.TARGET_SLOT_WAIT_SECONDS:g} s")
-            backend, state = get_backend(task.system), dict(task.backend_state or {})
-            if task.operation != Task.Operation.CREATE:
-                return backend.apply_change(snapshot(task), account_change(task), state)
-            return backend.ensure_account(snapshot(task), state)
+                return [busy] * len(tasks)
+            backend = get_backend(system)
+            creations = [t for t in tasks if t.operation == Task.Operation.CREATE]
+            created = iter(backend.ensure_accounts([(snapshot(t), dict(t.backend_state or {})) for t in creations])
+                           if creations else [])
+            return [next(created) if task.operation == Task.Operation.CREATE else
+                    backend.apply_change(snapshot(task), account_change(task), dict(task.backend_state or {}))
+                    for task in tasks]
     except DatabaseError as exc:
         # Our database failed (a restart, a dropped connection), not the target: one line, no traceback per
         # task, and a fresh connection for this thread's next call instead of a dead one.
         message = " ".join(str(exc).split())
-        logger.warning("database error during the %s call for task %s: %s", task.system, task.pk, message)
+        logger.warning("database error during the %s call for task(s) %s: %s", system, [t.pk for t in tasks],
+                       message)
         if not connection.in_atomic_block:
             connection.close()
-        return Outcome.transient("database_error", f"{type(exc).__name__}: {message}")
-    except Exception as exc:  # a backend bug must not lose the task: record it and retry later
-        logger.exception("backend %s raised for task %s", task.system, task.pk)
-        return Outcome.transient("exception", f"{type(exc).__name__}: {exc}")
+        return [Outcome.transient("database_error", f"{type(exc).__name__}: {message}")] * len(tasks)
+    except Exception as exc:  # a backend bug must not lose the tasks: record it and retry later
+        logger.exception("backend %s raised for task(s) %s", system, [t.pk for t in tasks])
+        return [Outcome.transient("exception", f"{type(exc).__name__}: {exc}")] * len(tasks)
 
 
 class CreateAccountHandler(Handler):
@@ -140,8 +153,11 @@ class CreateAccountHandler(Handler):
         for system in self.lanes():
             get_backend(system)
 
+    def batch_size(self, lane: str) -> int:
+        return get_backend(lane).batch_size()
+
     def call(self, lane: str, jobs: list[Claimed]) -> list[Outcome]:
-        return [ensure_account(claimed.job) for claimed in jobs]
+        return ensure_accounts(lane, [claimed.job for claimed in jobs])
 
     def crashed(self, job: Task, exc: Exception) -> Outcome:
         return Outcome.transient("exception", f"{type(exc).__name__}: {exc}")

@@ -5,6 +5,7 @@ Stdlib only (http.server), so a simulator runs without Django: in-process from a
 """
 
 import argparse
+import collections
 import json
 import secrets
 import threading
@@ -285,24 +286,26 @@ class TokenIssuer:
 
 
 class CallRateLimit:
-    """At most `limit` calls per client in any one-second window; 0 means unlimited."""
+    """At most `limit` calls per key (a client, or a client and an API) in any sliding window of `seconds`;
+    a limit of 0 means unlimited."""
 
-    def __init__(self, limit: int = 0):
+    def __init__(self, limit: int = 0, seconds: float = 1.0):
         self.limit = limit
+        self.seconds = seconds
         self._lock = threading.Lock()
-        self._calls: dict[str, list[float]] = {}
+        self._calls: dict[str, collections.deque] = {}
         self.refused = 0
 
-    def allow(self, client: str) -> bool:
+    def allow(self, key: str) -> bool:
         if not self.limit:
             return True
         now = time.monotonic()
         with self._lock:
-            calls = [t for t in self._calls.get(client, []) if now - t < 1.0]
+            calls = self._calls.setdefault(key, collections.deque())
+            while calls and now - calls[0] >= self.seconds:
+                calls.popleft()
             if len(calls) >= self.limit:
-                self._calls[client] = calls
                 self.refused += 1
                 return False
             calls.append(now)
-            self._calls[client] = calls
             return True

@@ -2,9 +2,11 @@
 
 Endpoints: GET /cgi-bin/gettoken?corpid&corpsecret, GET /cgi-bin/user/get?access_token&userid,
 POST /cgi-bin/user/create?access_token, POST /cgi-bin/user/update?access_token (changes the fields it is
-given; 60111 for an unknown userid), GET /cgi-bin/user/list?access_token&department_id&fetch_child (the
-members of a department, of its sub-departments too with fetch_child=1, in one answer, `enable` as a
-string as documented). Every answer is HTTP 200 with ``errcode`` / ``errmsg``.
+given; 60111 for an unknown userid), POST /cgi-bin/user/batchcheck?access_token (up to 20 addresses:
+whether each is free, a mailbox or a group), GET /cgi-bin/user/list?access_token&department_id&fetch_child
+(the members of a department, of its sub-departments too with fetch_child=1, in one answer, `enable` as a
+string as documented). Every answer is HTTP 200 with ``errcode`` / ``errmsg``. Limits (45009): calls per
+second per client, and calls a minute and an hour per cgi, as Tencent documents them (500 and 15,000).
 """
 
 import re
@@ -14,6 +16,7 @@ from .base import stop as stop_server
 
 _address_re = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _mobile_re = re.compile(r"^1\d{10}$")
+MAX_BATCHCHECK = 20   # addresses per user/batchcheck call
 USER_FIELDS = ("userid", "name", "department", "position", "mobile", "tel", "extid", "gender", "slaves",
                "cpwd_login", "enable")
 
@@ -25,7 +28,8 @@ def _answer(errcode: int, errmsg: str, **fields) -> Response:
 class ExmailSimulator(SimulatorApp):
     def __init__(self, *, corp_id: str = "exmail-corp", corp_secret: str = "exmail-secret",
                  token_lifetime: float = 7200, announced_expires_in: float | None = None,
-                 departments=(1,), department_parents: dict | None = None, rate_limit_per_second: int = 0):
+                 departments=(1,), department_parents: dict | None = None, rate_limit_per_second: int = 0,
+                 rate_limit_per_minute: int = 0, rate_limit_per_hour: int = 0):
         super().__init__()
         self.corp_id = corp_id
         self.corp_secret = corp_secret
@@ -34,10 +38,14 @@ class ExmailSimulator(SimulatorApp):
         # department id → parent id; a department without an entry hangs off the root (1)
         self.department_parents = dict(department_parents or {})
         self.departments |= set(self.department_parents)
-        self.rate_limit = CallRateLimit(rate_limit_per_second)
+        self.rate_limit = CallRateLimit(rate_limit_per_second)   # per client, every cgi together
+        # As Tencent documents them: 500 calls a minute and 15,000 an hour, per cgi.
+        self.cgi_limits = [CallRateLimit(rate_limit_per_minute, 60.0), CallRateLimit(rate_limit_per_hour, 3600.0)]
         self.users: dict[str, dict] = {}     # lower-cased address → user
         self.created: dict[str, int] = {}    # lower-cased address → user/create calls that created it
         self.updated: dict[str, int] = {}    # lower-cased address → user/update calls that changed it
+        self.groups: set[str] = set()        # lower-cased addresses of mail groups (not mailboxes)
+        self.batchcheck_sizes: list[int] = []   # addresses in each user/batchcheck call received
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -59,6 +67,7 @@ class ExmailSimulator(SimulatorApp):
         if request.path == "/cgi-bin/gettoken" and request.method == "GET":
             return self._gettoken(request)
         routes = {("GET", "/cgi-bin/user/get"): self._get, ("POST", "/cgi-bin/user/create"): self._create,
+                  ("POST", "/cgi-bin/user/batchcheck"): self._batchcheck,
                   ("POST", "/cgi-bin/user/update"): self._update, ("GET", "/cgi-bin/user/list"): self._list}
         route = routes.get((request.method, request.path))
         if route is None:
@@ -71,7 +80,11 @@ class ExmailSimulator(SimulatorApp):
             return _answer(40014, "invalid access_token")
         if verdict == "expired":
             return _answer(42001, "access_token expired")
-        if not self.rate_limit.allow(client):
+        cgi = f"{client} {request.path}"
+        # Every window is asked (no short circuit); a call one refuses still counts in those that let it
+        # through, so the client is never favoured.
+        allowed = [self.rate_limit.allow(client), *(limit.allow(cgi) for limit in self.cgi_limits)]
+        if not all(allowed):
             return _answer(45009, "api freq out of limit")
         with self.lock:
             return route(request)
@@ -89,6 +102,29 @@ class ExmailSimulator(SimulatorApp):
         if user is None:
             return _answer(60111, "userid not found")
         return _answer(0, "ok", **{k: user[k] for k in USER_FIELDS})
+
+    def _batchcheck(self, request: Request) -> Response:
+        """Whether each address is free: type -1 invalid, 0 free, 1 a mailbox, 3 a mail group (an alias is 2)."""
+        body = request.json()
+        addresses = body.get("userlist") if isinstance(body, dict) else None
+        if not isinstance(addresses, list) or not addresses:
+            return _answer(40058, "invalid userlist")
+        if len(addresses) > MAX_BATCHCHECK:
+            return _answer(60128, f"at most {MAX_BATCHCHECK} addresses a call")
+        self.batchcheck_sizes.append(len(addresses))
+        answers = []
+        for address in addresses:
+            address = str(address)
+            if not _address_re.match(address):
+                kind = -1
+            elif address.lower() in self.users:
+                kind = 1
+            elif address.lower() in self.groups:
+                kind = 3
+            else:
+                kind = 0
+            answers.append({"user": address, "type": kind})
+        return _answer(0, "ok", list=answers)
 
     def _create(self, request: Request) -> Response:
         body = request.json()
@@ -189,10 +225,14 @@ def _arguments(parser) -> None:
     parser.add_argument("--corp-secret", default="exmail-secret")
     parser.add_argument("--token-lifetime", type=float, default=7200, help="Seconds a token is valid.")
     parser.add_argument("--rate-limit", type=int, default=0, help="Calls per second (0: none).")
+    parser.add_argument("--rate-limit-per-minute", type=int, default=0, help="Calls a minute per cgi (0: none).")
+    parser.add_argument("--rate-limit-per-hour", type=int, default=0, help="Calls an hour per cgi (0: none).")
 
 
 if __name__ == "__main__":
     run_cli("exmail-simulator", "Serve a Tencent Exmail API simulator on loopback.",
             lambda a: ExmailSimulator(corp_id=a.corp_id, corp_secret=a.corp_secret,
-                                      token_lifetime=a.token_lifetime, rate_limit_per_second=a.rate_limit),
+                                      token_lifetime=a.token_lifetime, rate_limit_per_second=a.rate_limit,
+                                      rate_limit_per_minute=a.rate_limit_per_minute,
+                                      rate_limit_per_hour=a.rate_limit_per_hour),
             _arguments)

@@ -3,6 +3,7 @@
 Endpoints (as documented on open.welink.huaweicloud.com): POST /api/auth/v2/tickets,
 GET /api/contact/v1/users?corpUserId=, POST /api/contact/v1/users/bulk, POST /api/contact/v1/users/status.
 Every answer is HTTP 200 with string codes in the body, ``{"code": "0", "message": …, "data": …}``.
+The rate limit (48503) counts calls per API per client, as WeLink documents it.
 
 A submitted person becomes a job: the first `polls_before_open` status polls answer 47100 (pending) then
 47108 (opening); the next answers 47109 and the account is open (userStatus "3"). A job whose mobile
@@ -58,6 +59,7 @@ class WelinkSimulator(SimulatorApp):
         self.opened: dict[str, int] = {}        # corpUserId → times an account was opened (must stay ≤ 1)
         self.closed: dict[str, int] = {}        # corpUserId → times an open account was closed
         self.reopened: dict[str, int] = {}      # corpUserId → times a closed account was opened again
+        self.bulk_sizes: list[int] = []         # persons in each users/bulk call received
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -105,7 +107,8 @@ class WelinkSimulator(SimulatorApp):
             return _error("1000", "access_token is invalid")
         if verdict == "expired":
             return _error("47103", "Authentication failed")
-        if not self.rate_limit.allow(client):
+        # WeLink's flow control counts calls per API per client.
+        if not self.rate_limit.allow(f"{client} {request.path}"):
             return _error("48503", "Too many requests, the flow control limit is exceeded",
                           status=self.rate_limit_status, headers={"Retry-After": "1"})
         with self.lock:
@@ -133,6 +136,7 @@ class WelinkSimulator(SimulatorApp):
             return _error("47003", "parameter is empty: personInfo")
         if len(persons) > MAX_BULK:
             return _error("47013", f"at most {MAX_BULK} persons a call")
+        self.bulk_sizes.append(len(persons))
         results = []
         for info in persons:
             corp_user_id = str(info.get("corpUserId") or "")
@@ -242,7 +246,7 @@ def _arguments(parser) -> None:
     parser.add_argument("--token-lifetime", type=float, default=7200, help="Seconds a ticket is valid.")
     parser.add_argument("--polls-before-open", type=int, default=2,
                         help="Status polls answered 'in progress' before 47109.")
-    parser.add_argument("--rate-limit", type=int, default=40, help="Calls per second per client (0: none).")
+    parser.add_argument("--rate-limit", type=int, default=40, help="Calls per second per API per client (0: none).")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def prepare(caller, count: int, key: str) -> None:
     call_command("create_account_tasks")
 
 
-def test_three_workers_together_stay_under_welinks_40_calls_per_second(hr_caller, welink_server):
+def test_three_workers_together_stay_under_welinks_40_calls_per_second_per_api(hr_caller, welink_server):
     simulator, url = welink_server
     prepare(hr_caller, 120, "W")
 
@@ -66,6 +66,8 @@ def test_three_workers_together_stay_under_welinks_40_calls_per_second(hr_caller
 
     assert simulator.rate_limit.refused == 0
     assert set(AccountCreationTask.objects.values_list("status", flat=True)) == {"succeeded"}
+    # One account per person, though three workers batched them side by side.
+    assert len(simulator.opened) == 120 and set(simulator.opened.values()) == {1}
 
 
 def test_without_the_shared_limit_the_same_load_is_refused_with_48503(hr_caller, welink_server):
@@ -73,24 +75,30 @@ def test_without_the_shared_limit_the_same_load_is_refused_with_48503(hr_caller,
     simulator, url = welink_server
     prepare(hr_caller, 120, "X")
 
-    drain_with_workers(welink_env(url, WELINK_MAX_CALLS_PER_SECOND=0))
+    drain_with_workers(welink_env(url, WELINK_MAX_CALLS_PER_SECOND_PER_API=0, WELINK_BULK_SIZE=1,
+                                  WELINK_STATUS_BATCH_SIZE=1))
 
     assert simulator.rate_limit.refused > 0
     # The 48503 answers were retried: nothing was lost, and the system was paused for every worker.
     # "Slow down" answers do not use up a task's attempts: every task still ends created.
     assert set(AccountCreationTask.objects.values_list("status", flat=True)) == {"succeeded"}
     assert TaskAttempt.objects.filter(code="48503").exists()
-    assert TargetThrottle.objects.get(system="welink").pause_reason == "WeLink 48503"
+    assert TargetThrottle.objects.filter(system="welink", pause_reason="WeLink 48503").exists()
 
 
 def test_a_pause_holds_back_every_process():
     paused_at = time.time()
-    pause("welink", 3, "test")
+    pause("welink", 3, "test", endpoint=welink.BULK_PATH)
     waited, done_at = map(float, python_in_project(
-        "import time; from syncservice.backends.pacing import pace; w = pace('welink'); print(w, time.time())",
+        "import time; from syncservice.backends.pacing import pace; "
+        f"w = pace('welink', {welink.BULK_PATH!r}); print(w, time.time())",
         subprocess_env()).split())
     assert waited > 0
     assert 2.9 <= done_at - paused_at <= 4.5
+    # The pause is the bulk API's: WeLink's other APIs are not held back.
+    assert float(python_in_project(
+        f"from syncservice.backends.pacing import pace; print(pace('welink', {welink.STATUS_PATH!r}))",
+        subprocess_env())) < 1
 
 
 def test_the_shared_concurrency_limit_holds_across_processes(settings):

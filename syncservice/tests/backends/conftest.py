@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.db import connection
 
-from syncservice.backends import reset_backends
+from syncservice.backends import pacing, reset_backends
 from syncservice.backends.base import PersonSnapshot
+from syncservice.models import TargetThrottle
 from syncservice.simulators import exmail, hr, proxy, welink
 
 SCIM_TOKEN = "scim-test-token"
@@ -38,6 +40,13 @@ def make_person(**overrides) -> PersonSnapshot:
     return PersonSnapshot(**fields)
 
 
+def paced_endpoints(system: str) -> set[str]:
+    """The endpoints of `system` that took pacing slots: shared rows on PostgreSQL, in-process ones on SQLite."""
+    if connection.vendor == "postgresql":
+        return set(TargetThrottle.objects.filter(system=system).values_list("endpoint", flat=True))
+    return {endpoint for paced, endpoint in pacing._local_next if paced == system}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,6 +65,9 @@ def backend_settings(settings, db):
     settings.TASK_MAX_ATTEMPTS = 8
     settings.WELINK_MAX_CALLS_PER_SECOND = 0
     settings.MAILBOX_MAX_CALLS_PER_SECOND = 0
+    settings.WELINK_MAX_CALLS_PER_SECOND_PER_API = 0
+    settings.MAILBOX_MAX_CALLS_PER_MINUTE_PER_CGI = 0
+    settings.MAILBOX_MAX_CALLS_PER_HOUR_PER_CGI = 0
     settings.HR_HTTP_RETRIES = 0
     reset_backends()
     yield settings
@@ -198,12 +210,17 @@ SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH = {
 }
 
 
+def _scim2_server_configured(tmp_path_factory, config: dict):
+    """A real scim2-server whose /ServiceProviderConfig is `config`."""
+    path = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
+    path.write_text(json.dumps(config))
+    yield from _scim2_server("--service-provider-config", str(path))
+
+
 @pytest.fixture(scope="session")
 def scim_without_patch_server_url(tmp_path_factory):
     """A second real scim2-server, one that does not support PATCH, for the GET + PUT fallback."""
-    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
-    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH))
-    yield from _scim2_server("--service-provider-config", str(config))
+    yield from _scim2_server_configured(tmp_path_factory, SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH)
 
 
 @pytest.fixture
@@ -224,12 +241,30 @@ SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES = {
 @pytest.fixture(scope="session")
 def scim_small_pages_server_url(tmp_path_factory):
     """A third real scim2-server, one that answers pages of at most two users."""
-    config = tmp_path_factory.mktemp("scim") / "service-provider-config.json"
-    config.write_text(json.dumps(SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES))
-    yield from _scim2_server("--service-provider-config", str(config))
+    yield from _scim2_server_configured(tmp_path_factory, SERVICE_PROVIDER_CONFIG_WITH_SMALL_PAGES)
 
 
 @pytest.fixture
 def scim_small_pages(backend_settings, scim_small_pages_server_url):
     """The IDaaS backend pointed, through the proxy, at the scim2-server with pages of two."""
     yield from _scim_through_proxy(backend_settings, scim_small_pages_server_url)
+
+
+# A service provider that takes at most two operations per POST /Bulk.
+SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK = {
+    **SERVICE_PROVIDER_CONFIG_WITHOUT_PATCH,
+    "patch": {"supported": True},
+    "bulk": {"supported": True, "maxOperations": 2, "maxPayloadSize": 1048576},
+}
+
+
+@pytest.fixture(scope="session")
+def scim_small_bulk_server_url(tmp_path_factory):
+    """A fourth real scim2-server, one whose Bulk requests take at most two operations."""
+    yield from _scim2_server_configured(tmp_path_factory, SERVICE_PROVIDER_CONFIG_WITH_SMALL_BULK)
+
+
+@pytest.fixture
+def scim_small_bulk(backend_settings, scim_small_bulk_server_url):
+    """The IDaaS backend pointed, through the proxy, at the scim2-server with maxOperations 2."""
+    yield from _scim_through_proxy(backend_settings, scim_small_bulk_server_url)

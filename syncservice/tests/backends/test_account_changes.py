@@ -319,7 +319,7 @@ def test_welink_update_of_each_field_reaches_the_directory(welink_sim, field):
     record = welink_sim.users[person.employee_number]
     assert record == {**record, "userNameCn": now.full_name, "mobileNumber": f"+86-{now.phone_number}",
                       "corpDeptCode": now.department_code, "userEmail": now.email, "userStatus": "3",
-                      "valid": "1", "userId": external_id}
+                      "valid": "1"}
     assert welink_sim.submissions[person.employee_number] == 2   # the create and the change
     assert welink_sim.opened[person.employee_number] == 1
 
@@ -342,7 +342,7 @@ def test_welink_disable_closes_the_account_and_enable_opens_it_again(welink_sim)
     assert enabled[-1].code == "47109"
     record = welink_sim.users[person.employee_number]
     assert (record["valid"], record["userStatus"], record["userNameCn"]) == ("1", "3", "回来了")
-    assert record["userId"] == external_id
+    assert external_id == person.employee_number   # the account is known by its corpUserId
     assert (welink_sim.opened[person.employee_number], welink_sim.closed[person.employee_number],
             welink_sim.reopened[person.employee_number]) == (1, 1, 1)
 

@@ -58,10 +58,10 @@ def test_welink_accounts_are_opened_exactly_once_through_faults(hr_caller, welin
     welink_sim.add_user("SOMEONE-ELSE", name="赵六", mobile="+86-13700000055")
     welink_sim.tokens.lifetime = 0.5                # tickets die while the client trusts them (7200 s)
     welink_sim.tokens.announced_expires_in = 7200
-    welink_sim.rate_limit.limit = 20                # the client-side limit is off: 48503 will happen
-    welink_sim.faults.fail(3, status=503, path=USERS_PATH)
+    welink_sim.rate_limit.limit = 3                 # the client-side limit is off: 48503 will happen
+    welink_sim.faults.fail(3, status=503, path=STATUS_PATH)   # a whole batch's status poll fails
     welink_sim.faults.drop(2, path=BULK_PATH)       # accepted, answer lost
-    welink_sim.faults.drop(1, path=STATUS_PATH)
+    welink_sim.faults.drop(1, path=STATUS_PATH, skip=4)
     request = submit(hr_caller, users, ["welink"])
 
     run_stages()
@@ -74,11 +74,35 @@ def test_welink_accounts_are_opened_exactly_once_through_faults(hr_caller, welin
     assert "47120" in failed.error_message
     for number, account in opened.items():
         assert account.status == "created", (number, account.error_message)
-        assert account.external_id == welink_sim.users[number]["userId"]
+        assert account.external_id == number   # the corpUserId: the status answer carries no userId
         assert welink_sim.opened[number] == 1
         assert welink_sim.submissions[number] == 1, number   # a lost answer is polled, not resubmitted
-    assert {"47100", "47109", "http_503", "connection_error"} <= attempt_codes("welink")
-    assert welink_sim.tokens.issued >= 2
+    assert {"47100", "47109", "http_503", "connection_error", "48503"} <= attempt_codes("welink")
+    assert welink_sim.tokens.issued >= 2   # the 48503's pause outlived the ticket: it was refreshed
+
+
+def test_ten_persons_share_each_welink_call_and_a_dropped_bulk_answer_duplicates_nobody(hr_caller, welink_sim):
+    users = make_users(10, prefix="WB")
+    users[4]["phoneNumber"] = "13700000044"
+    welink_sim.add_user("SOMEONE-ELSE", name="赵六", mobile="+86-13700000044")
+    welink_sim.faults.drop(1, path=BULK_PATH)       # the ten-person call arrived; its answer is lost
+    submit(hr_caller, users, ["welink"], key="E2E-BULK")
+
+    run_stages()
+
+    opened = accounts("welink")
+    failed = opened.pop("WB000004")
+    assert (failed.status, "47120" in failed.error_message) == ("failed", True)
+    assert {a.status for a in opened.values()} == {"created"}
+    assert all(welink_sim.opened[number] == 1 and welink_sim.submissions[number] == 1 for number in opened)
+    assert welink_sim.calls_to(BULK_PATH) == 1
+    calls = sum(welink_sim.calls_to(path) for path in (BULK_PATH, STATUS_PATH, USERS_PATH))
+    assert calls / 10 <= 0.5
+    # The attempt log: one row per person per attempt, with that person's own code.
+    attempts = TaskAttempt.objects.filter(task__system="welink")
+    assert attempts.filter(code="connection_error").count() == 10
+    assert attempts.filter(code="47120").get().task.person.employee_number == "WB000004"
+    assert attempts.filter(code="47109").count() == 9
 
 
 def test_exmail_mailboxes_are_created_exactly_once_through_faults(hr_caller, exmail_sim):
@@ -107,9 +131,10 @@ def test_exmail_mailboxes_are_created_exactly_once_through_faults(hr_caller, exm
 
 def test_idaas_users_are_created_exactly_once_on_a_real_scim_server(hr_caller, scim):
     users = make_users(10, prefix=f"SC{time.time_ns() % 10**8}-")
-    scim.proxy.faults.fail(2, status=503, method="POST", path="/Users")
+    # scim2-server announces bulk: the ten creations go through POST /Bulk, whose faults hit all ten.
+    scim.proxy.faults.fail(1, status=503, method="POST", path="/Bulk")
     scim.proxy.faults.fail(1, status=429, method="GET", path="/Users", retry_after=1)
-    scim.proxy.faults.drop(2, method="POST", path="/Users")
+    scim.proxy.faults.drop(1, method="POST", path="/Bulk")
     request = submit(hr_caller, users, ["idaas"])
 
     run_stages()
@@ -121,6 +146,10 @@ def test_idaas_users_are_created_exactly_once_on_a_real_scim_server(hr_caller, s
         found = scim.users_named(number)
         assert [u["id"] for u in found] == [account.external_id]
     assert {"http_503", "http_429", "connection_error"} <= attempt_codes("idaas")
+    assert scim.proxy.calls_to("/Users", "POST") == 0
+    # The 503, then the request whose answer was lost: it had created them, and the next search linked them.
+    assert scim.proxy.calls_to("/Bulk", "POST") == 2
+    assert TaskAttempt.objects.filter(task__system="idaas", outcome="linked").count() == 10
 
 
 def test_hr_persons_get_accounts_in_all_three_real_systems_and_logs_stay_clean(
@@ -144,7 +173,7 @@ def test_hr_persons_get_accounts_in_all_three_real_systems_and_logs_stay_clean(
         by_system = {a.system: a for a in person.accounts.all()}
         assert {a.status for a in by_system.values()} == {"created"}
         assert by_system["email"].external_id == person.email
-        assert by_system["welink"].external_id == welink_sim.users[person.employee_number]["userId"]
+        assert by_system["welink"].external_id == person.employee_number
         assert [u["id"] for u in scim.users_named(person.employee_number)] == [by_system["idaas"].external_id]
     secrets = [WELINK_SECRET, EXMAIL_SECRET, SCIM_TOKEN, HR_TOKEN, *list(welink_sim.tokens._tokens),
                *list(exmail_sim.tokens._tokens), *phones]

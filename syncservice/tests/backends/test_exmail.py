@@ -10,7 +10,7 @@ from syncservice.backends.base import OutcomeKind
 from syncservice.models import HrPerson
 from syncservice.services.email_reallocation import person_reallocate_email
 
-from .conftest import make_person
+from .conftest import make_person, paced_endpoints
 
 CREATE = "/cgi-bin/user/create"
 GET = "/cgi-bin/user/get"
@@ -254,3 +254,86 @@ def test_reallocation_is_idempotent_when_the_address_already_moved_on(backend_se
     assert person_reallocate_email(person_pk=person.pk, taken_email="lisi@example.com") == "lisi2@example.com"
     person.refresh_from_db()
     assert person.email == "lisi2@example.com"
+
+
+# --- Limits per cgi: 500 a minute and 15,000 an hour ------------------------------------------------
+
+@pytest.mark.parametrize("window", ["minute", "hour"])
+def test_each_cgi_is_paced_under_its_own_window_and_no_45009_comes_back(exmail_sim, backend_settings, window):
+    # The simulator's window is scaled to one second so that the test is short: 10 calls a second per cgi,
+    # and the client set to 8 a second, stated in the window under test (the margin for an hour-long
+    # window is small, and a second-long one would let the wire's jitter count).
+    limit = exmail_sim.cgi_limits[0 if window == "minute" else 1]
+    limit.limit, limit.seconds = 10, 1.0
+    seconds = 60 if window == "minute" else 3600
+    setattr(backend_settings, f"MAILBOX_MAX_CALLS_PER_{window.upper()}_PER_CGI", 8 * seconds)
+    backend = get_backend("email")
+
+    outcomes = [backend.ensure_account(make_person(), {}) for _ in range(25)]
+
+    assert {o.kind for o in outcomes} == {OutcomeKind.CREATED}
+    assert limit.refused == 0
+    # Two cgis, two shared rows: user/get does not use up user/create's calls.
+    assert paced_endpoints("email") >= {GET, CREATE}
+
+
+def test_without_the_per_cgi_pacing_the_same_calls_are_refused_with_45009(exmail_sim, backend_settings):
+    # The control for the test above: the simulator does refuse more than its window allows.
+    exmail_sim.cgi_limits[1].limit, exmail_sim.cgi_limits[1].seconds = 10, 1.0
+    backend = get_backend("email")
+
+    outcomes = [backend.ensure_account(make_person(), {}) for _ in range(25)]
+
+    assert exmail_sim.cgi_limits[1].refused > 0
+    assert "45009" in {o.code for o in outcomes}
+
+
+# --- Lookups in batches: user/batchcheck ------------------------------------------------------------
+
+BATCHCHECK = "/cgi-bin/user/batchcheck"
+
+
+def test_twenty_new_mailboxes_cost_one_batchcheck_and_a_create_each(exmail_sim):
+    persons = [make_person() for _ in range(20)]
+    backend = get_backend("email")
+    assert backend.batch_size() == 20
+
+    outcomes = backend.ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED] * 20
+    assert exmail_sim.batchcheck_sizes == [20]
+    assert exmail_sim.calls_to(GET) == 0
+    assert exmail_sim.calls_to(CREATE) == 20
+    assert all(exmail_sim.created[p.email] == 1 for p in persons)
+
+
+def test_a_batch_reads_back_only_the_addresses_that_hold_a_mailbox(exmail_sim):
+    ours, strangers, group, new = make_person(), make_person(), make_person(), make_person()
+    exmail_sim.add_user(ours.email, name=ours.full_name, mobile=ours.phone_number)
+    exmail_sim.add_user(strangers.email, name="王五", mobile="13911112222", extid="OTHER")
+    exmail_sim.groups.add(group.email.lower())
+
+    outcomes = get_backend("email").ensure_accounts([(p, {}) for p in (ours, strangers, group, new)])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.LINKED, OutcomeKind.PERMANENT, OutcomeKind.PERMANENT,
+                                          OutcomeKind.CREATED]
+    assert [o.code for o in outcomes[1:3]] == ["email_taken", "email_taken"]
+    assert outcomes[2].state["taken_email"] == group.email
+    assert exmail_sim.calls_to(GET) == 2          # the two mailboxes, not the group nor the new address
+    assert exmail_sim.calls_to(CREATE) == 1
+
+
+def test_a_failed_batchcheck_retries_every_person_and_creates_nothing_twice(exmail_sim):
+    persons = [make_person() for _ in range(5)]
+    exmail_sim.faults.fail(1, status=503, path=BATCHCHECK)
+    exmail_sim.faults.drop(1, path=CREATE)        # the second create arrives; its answer is lost
+    backend = get_backend("email")
+
+    failed = backend.ensure_accounts([(p, {}) for p in persons])
+    assert [(o.kind, o.code) for o in failed] == [(OutcomeKind.TRANSIENT, "http_503")] * 5
+    first = backend.ensure_accounts([(p, {}) for p in persons])
+    assert [o.kind for o in first].count(OutcomeKind.TRANSIENT) == 1
+    again = backend.ensure_accounts([(p, {}) for p, o in zip(persons, first) if not o.succeeded])
+
+    assert [o.kind for o in again] == [OutcomeKind.LINKED]   # found by the batchcheck, read back: ours
+    assert all(exmail_sim.created[p.email] == 1 for p in persons)

@@ -159,3 +159,88 @@ def test_user_name_with_quotes_is_escaped_in_the_filter(scim):
     assert first.kind == OutcomeKind.CREATED
     assert second.kind == OutcomeKind.LINKED
     assert second.external_id == first.external_id
+
+
+# --- Batches: POST /Bulk (RFC 7644 §3.7) where /ServiceProviderConfig announces it -------------------
+
+def test_the_real_scim2_server_announces_bulk_and_new_users_go_through_one_bulk_request(scim):
+    persons = [make_person() for _ in range(6)]
+    backend = get_backend("idaas")
+    assert backend.bulk().supported and backend.bulk().max_operations >= 6
+
+    outcomes = backend.ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED] * 6
+    for person, outcome in zip(persons, outcomes):
+        [user] = scim.users_named(person.employee_number)
+        assert user["id"] == outcome.external_id
+        assert user["emails"] == [{"value": person.email, "type": "work", "primary": True}]
+    assert scim.proxy.calls_to("/Bulk", "POST") == 1
+    assert scim.proxy.calls_to("/Users", "POST") == 0
+    assert scim.proxy.calls_to("/Users", "GET") == 1     # one search: userName eq "a" or userName eq "b" …
+
+
+def test_existing_users_in_a_batch_are_linked_or_refused_and_only_the_others_created(scim):
+    ours, strangers, new = make_person(), make_person(), make_person()
+    existing = scim.create_user(userName=ours.employee_number, externalId=ours.employee_number)
+    scim.create_user(userName=strangers.employee_number, externalId="HR-OTHER-8",
+                     emails=[{"value": "other8@example.com"}])
+
+    outcomes = get_backend("idaas").ensure_accounts([(p, {}) for p in (ours, strangers, new)])
+
+    assert [(o.kind, o.code) for o in outcomes[:2]] == [(OutcomeKind.LINKED, ""), (OutcomeKind.PERMANENT, "uniqueness")]
+    assert outcomes[0].external_id == existing["id"]
+    assert outcomes[2].kind == OutcomeKind.CREATED
+    assert len(scim.users_named(new.employee_number)) == 1
+
+
+def test_a_409_in_one_bulk_operation_links_that_person_and_the_others_are_unaffected(scim):
+    persons = [make_person() for _ in range(4)]
+    # The user appears between the search and the Bulk request (another worker's create, or ours whose
+    # answer was lost): the search still says no user, so its operation meets a 409 uniqueness.
+    late = persons[1]
+    scim.proxy.faults.fail(1, status=200, method="GET", path="/Users",
+                           body={"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+                                 "totalResults": 0, "Resources": []})
+    existing = scim.create_user(userName=late.employee_number, externalId=late.employee_number)
+
+    outcomes = get_backend("idaas").ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED, OutcomeKind.LINKED, OutcomeKind.CREATED,
+                                          OutcomeKind.CREATED]
+    assert outcomes[1].external_id == existing["id"]
+    assert all(len(scim.users_named(p.employee_number)) == 1 for p in persons)
+
+
+def test_a_dropped_bulk_answer_is_retried_without_a_duplicate(scim):
+    persons = [make_person() for _ in range(5)]
+    scim.proxy.faults.drop(1, path="/Bulk")
+    backend = get_backend("idaas")
+
+    lost = backend.ensure_accounts([(p, {}) for p in persons])
+    assert {o.kind for o in lost} == {OutcomeKind.TRANSIENT}
+    again = backend.ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in again] == [OutcomeKind.LINKED] * 5   # the lost request had created them
+    assert all(len(scim.users_named(p.employee_number)) == 1 for p in persons)
+    assert scim.proxy.calls_to("/Bulk", "POST") == 1
+
+
+def test_bulk_requests_stay_within_the_servers_max_operations(scim_small_bulk):
+    persons = [make_person() for _ in range(5)]
+
+    outcomes = get_backend("idaas").ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED] * 5
+    assert scim_small_bulk.proxy.calls_to("/Bulk", "POST") == 3   # 2 + 2 + 1
+
+
+def test_a_server_without_bulk_gets_one_create_per_person(scim_without_patch):
+    # scim_without_patch is the server whose /ServiceProviderConfig says bulk.supported false.
+    persons = [make_person() for _ in range(3)]
+
+    outcomes = get_backend("idaas").ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED] * 3
+    assert scim_without_patch.proxy.calls_to("/Bulk", "POST") == 0
+    assert scim_without_patch.proxy.calls_to("/Users", "POST") == 3

@@ -8,7 +8,7 @@ from syncservice.backends import get_backend
 from syncservice.backends.base import OutcomeKind
 from syncservice.simulators.welink import BULK_PATH, STATUS_PATH, TOKEN_PATH, USERS_PATH
 
-from .conftest import make_person
+from .conftest import make_person, paced_endpoints
 
 
 def drive(backend, person, state=None, max_calls=10):
@@ -35,7 +35,9 @@ def test_new_person_is_submitted_then_polled_until_opened(welink_sim):
     assert [o.code for o in outcomes] == ["47100", "47100", "47108", "47109"]
     assert outcomes[0].state["submitted"] is True
     record = welink_sim.users[person.employee_number]
-    assert outcomes[-1].external_id == record["userId"] != ""
+    # The status answer carries no userId: the account is known by its corpUserId, and no lookup is spent.
+    assert outcomes[-1].external_id == person.employee_number
+    assert welink_sim.calls_to(USERS_PATH) == 0
     assert record["userStatus"] == "3"
     assert record["mobileNumber"] == "+86-13800138001"
     assert record["userNameCn"] == "李四"
@@ -141,12 +143,13 @@ def test_wrong_client_secret_is_transient_and_names_the_vendor_code(welink_sim, 
 
 @pytest.mark.parametrize("http_status", [200, 429])
 def test_rate_limit_48503_is_transient_with_retry_after(welink_sim, http_status):
-    welink_sim.rate_limit.limit = 2
+    welink_sim.rate_limit.limit = 1                # a call per second per API
     welink_sim.rate_limit_status = http_status
     backend = get_backend("welink")
     person = make_person()
 
-    outcome = backend.ensure_account(person, {})   # lookup and bulk use the two calls of this second
+    outcome = backend.ensure_account(person, {})   # status and bulk: one call of each API this second
+    assert outcome.kind == OutcomeKind.IN_PROGRESS
 
     outcome = backend.ensure_account(person, outcome.state)
     assert outcome.kind == OutcomeKind.TRANSIENT
@@ -169,7 +172,7 @@ def test_client_side_limit_keeps_one_worker_under_the_vendor_limit(welink_sim, b
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_server_error_is_transient(welink_sim, status):
-    welink_sim.faults.fail(1, status=status, path=USERS_PATH, body=b"<html>gateway error</html>")
+    welink_sim.faults.fail(1, status=status, path=STATUS_PATH, body=b"<html>gateway error</html>")
 
     outcome = get_backend("welink").ensure_account(make_person(), {})
 
@@ -180,7 +183,7 @@ def test_server_error_is_transient(welink_sim, status):
 
 def test_timeout_is_transient(welink_sim, backend_settings):
     backend_settings.TARGET_HTTP_TIMEOUT_SECONDS = 0.3
-    welink_sim.faults.delay(1.0, path=USERS_PATH)
+    welink_sim.faults.delay(1.0, path=STATUS_PATH)
 
     outcome = get_backend("welink").ensure_account(make_person(), {})
 
@@ -210,7 +213,7 @@ def test_submission_whose_answer_was_lost_is_polled_not_submitted_again(welink_s
 
     assert outcomes[0].kind == OutcomeKind.IN_PROGRESS
     assert outcomes[-1].kind == OutcomeKind.CREATED   # the job that opened it was ours
-    assert outcomes[-1].external_id == welink_sim.users[person.employee_number]["userId"]
+    assert outcomes[-1].external_id == person.employee_number
     assert welink_sim.submissions[person.employee_number] == 1
     assert welink_sim.opened[person.employee_number] == 1
 
@@ -253,3 +256,145 @@ def test_concurrent_calls_share_one_token(welink_sim):
 
     assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 8
     assert welink_sim.tokens.issued == 1
+
+
+# --- Batches: several persons per users/bulk and users/status call -----------------------------------
+
+def drive_batch(backend, persons, states=None, max_rounds=10):
+    """Call ensure_accounts for every person not final yet, the way the process stage batches them."""
+    states = dict(states or {p.employee_number: {} for p in persons})
+    final = {}
+    codes = {p.employee_number: [] for p in persons}
+    for _ in range(max_rounds):
+        open_persons = [p for p in persons if p.employee_number not in final]
+        if not open_persons:
+            break
+        outcomes = backend.ensure_accounts([(p, states[p.employee_number]) for p in open_persons])
+        for person, outcome in zip(open_persons, outcomes, strict=True):
+            codes[person.employee_number].append(outcome.code)
+            if outcome.state is not None:
+                states[person.employee_number] = outcome.state
+            if outcome.kind not in (OutcomeKind.IN_PROGRESS, OutcomeKind.TRANSIENT):
+                final[person.employee_number] = outcome
+    return final, codes
+
+
+def test_ten_new_persons_cost_one_status_one_bulk_and_the_polls(welink_sim):
+    persons = [make_person() for _ in range(10)]
+    backend = get_backend("welink")
+
+    final, _ = drive_batch(backend, persons)
+
+    assert {o.kind for o in final.values()} == {OutcomeKind.CREATED}
+    assert welink_sim.calls_to(BULK_PATH) == 1
+    # One status call before the submission (no job yet), then polls_before_open + 1 polls for all ten.
+    assert welink_sim.calls_to(STATUS_PATH) == 1 + welink_sim.polls_before_open + 1
+    assert welink_sim.calls_to(USERS_PATH) == 0
+    assert all(welink_sim.opened[p.employee_number] == 1 for p in persons)
+
+
+def test_bulk_size_setting_splits_the_submissions_and_one_status_call_covers_the_batch(welink_sim, backend_settings):
+    backend_settings.WELINK_BULK_SIZE = 4
+    persons = [make_person() for _ in range(10)]
+
+    outcomes = get_backend("welink").ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 10
+    assert welink_sim.calls_to(BULK_PATH) == 3   # 4 + 4 + 2
+    assert welink_sim.calls_to(STATUS_PATH) == 1
+
+
+def test_fifty_persons_are_polled_in_one_status_call_and_submitted_ten_at_a_time(welink_sim):
+    persons = [make_person() for _ in range(50)]
+    backend = get_backend("welink")
+    assert backend.batch_size() == 50
+
+    final, _ = drive_batch(backend, persons)
+
+    assert {o.kind for o in final.values()} == {OutcomeKind.CREATED}
+    assert welink_sim.calls_to(BULK_PATH) == 5
+    assert welink_sim.calls_to(STATUS_PATH) == 1 + welink_sim.polls_before_open + 1
+    assert max(welink_sim.bulk_sizes) == 10
+
+
+def test_dropped_answer_to_a_ten_person_bulk_call_is_retried_without_a_duplicate(welink_sim):
+    persons = [make_person() for _ in range(10)]
+    welink_sim.faults.drop(1, path=BULK_PATH)
+    backend = get_backend("welink")
+
+    lost = backend.ensure_accounts([(p, {}) for p in persons])
+    assert [(o.kind, o.state) for o in lost] == [(OutcomeKind.TRANSIENT, {"submit_sent": True})] * 10
+
+    final, _ = drive_batch(backend, persons, {p.employee_number: o.state for p, o in zip(persons, lost)})
+
+    assert {o.kind for o in final.values()} == {OutcomeKind.CREATED}
+    assert welink_sim.calls_to(BULK_PATH) == 1    # the lost call had arrived: polled, never sent again
+    assert all(welink_sim.submissions[p.employee_number] == 1 for p in persons)
+    assert all(welink_sim.opened[p.employee_number] == 1 for p in persons)
+
+
+def test_a_failed_status_call_retries_every_person_of_the_batch(welink_sim):
+    persons = [make_person() for _ in range(5)]
+    welink_sim.faults.fail(1, status=503, path=STATUS_PATH)
+    backend = get_backend("welink")
+
+    failed = backend.ensure_accounts([(p, {"submitted": True}) for p in persons])
+
+    assert [(o.kind, o.code, o.state) for o in failed] == [(OutcomeKind.TRANSIENT, "http_503", None)] * 5
+    assert welink_sim.calls_to(BULK_PATH) == 0
+
+
+def test_one_persons_47120_fails_that_person_only(welink_sim):
+    persons = [make_person() for _ in range(10)]
+    welink_sim.add_user("SOMEONE-ELSE", name="赵六", mobile=f"+86-{persons[3].phone_number}")
+    backend = get_backend("welink")
+
+    final, codes = drive_batch(backend, persons)
+
+    assert (final[persons[3].employee_number].kind, final[persons[3].employee_number].code) == \
+        (OutcomeKind.PERMANENT, "47120")
+    others = [p for i, p in enumerate(persons) if i != 3]
+    assert {final[p.employee_number].kind for p in others} == {OutcomeKind.CREATED}
+    assert all(codes[p.employee_number][-1] == "47109" for p in others)
+    assert welink_sim.calls_to(BULK_PATH) == 1
+
+
+def test_one_invalid_person_in_a_bulk_call_fails_alone_with_the_vendor_code(welink_sim):
+    persons = [make_person() for _ in range(3)] + [make_person(full_name="")]
+
+    outcomes = get_backend("welink").ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 3 + [OutcomeKind.PERMANENT]
+    assert outcomes[-1].code == "47008"
+    assert welink_sim.calls_to(BULK_PATH) == 1
+
+
+def test_a_known_corp_user_id_in_a_batch_is_looked_up_and_the_others_are_not(welink_sim):
+    persons = [make_person() for _ in range(4)]
+    welink_sim.add_user(persons[0].employee_number, name="王五", mobile="+86-13999999999",
+                        email="wangwu@example.com")
+    welink_sim.add_user(persons[1].employee_number, name=persons[1].full_name,
+                        mobile=f"+86-{persons[1].phone_number}")
+
+    outcomes = get_backend("welink").ensure_accounts([(p, {}) for p in persons])
+
+    assert [(o.kind, o.code) for o in outcomes[:2]] == [(OutcomeKind.PERMANENT, "conflict"), (OutcomeKind.LINKED, "")]
+    assert [o.kind for o in outcomes[2:]] == [OutcomeKind.IN_PROGRESS] * 2
+    assert welink_sim.calls_to(USERS_PATH) == 2
+    assert welink_sim.submissions == {p.employee_number: 1 for p in persons[2:]}
+    assert welink_sim.users[persons[0].employee_number]["userNameCn"] == "王五"
+
+
+def test_each_welink_api_has_its_own_40_calls_a_second(welink_sim, backend_settings):
+    # 3 calls a second per API at the simulator and in the client's setting: a batch that needs a status
+    # and a bulk call is never refused, though together they exceed 3 a second.
+    welink_sim.rate_limit.limit = 3
+    backend_settings.WELINK_MAX_CALLS_PER_SECOND_PER_API = 3
+    backend = get_backend("welink")
+
+    outcomes = [backend.ensure_account(make_person(), {}) for _ in range(6)]
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.IN_PROGRESS] * 6
+    assert welink_sim.rate_limit.refused == 0
+    assert paced_endpoints("welink") >= \
+        {STATUS_PATH, BULK_PATH}
