@@ -4,7 +4,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -119,7 +119,7 @@ def dashboard() -> dict:
         "running_tasks": Task.objects.filter(status=Task.Status.RUNNING).count(),
         "expired_leases": Task.objects.filter(status=Task.Status.RUNNING, lease_expires_at__lt=now).count(),
         "notifications": _counts(Notification, "status", dict(Notification.Status.choices)),
-        "throttles": list(TargetThrottle.objects.filter(Q(paused_until__gt=now)).order_by("system")),
+        "throttles": list(TargetThrottle.objects.filter(Q(paused_until__gt=now)).order_by("system", "endpoint")),
         "runs": last_runs(),
         "overdue": overdue_stages(now),
     }
@@ -184,8 +184,10 @@ def queue_depth(now) -> dict[str, QueueDepth]:
 
 
 def target_pauses(now) -> dict[str, dt.datetime]:
-    """Target systems paused by a rate-limit answer, for every worker, and until when."""
-    return dict(TargetThrottle.objects.filter(paused_until__gt=now).values_list("system", "paused_until"))
+    """Target systems paused by a rate-limit answer, for every worker, and until when: a system is paused
+    while any of its endpoints is (a pause holds one endpoint, or the whole system), until the last ends."""
+    return dict(TargetThrottle.objects.filter(paused_until__gt=now).values("system")
+                .annotate(until=Max("paused_until")).values_list("system", "until").order_by())
 
 
 # --- Dashboard charts: three grouped queries, whatever the amount of data -----------------------------------

@@ -77,6 +77,11 @@ def pipeline_with_failures(hr_caller, settings, fast_retries):
     stage("create_account_tasks")
     TargetThrottle.objects.create(system="welink", paused_until=timezone.now() + dt.timedelta(minutes=2),
                                   pause_reason="48503 too many requests")
+    # A pause per endpoint: the system counts as paused until its last endpoint pause ends.
+    TargetThrottle.objects.create(system="welink", endpoint="/api/contact/v1/users/status",
+                                  paused_until=timezone.now() + dt.timedelta(seconds=30), pause_reason="48503")
+    TargetThrottle.objects.create(system="email", endpoint="/cgi-bin/user/create",
+                                  paused_until=timezone.now() - dt.timedelta(seconds=30), pause_reason="45009")
 
 
 METHODS = ["get", "post", "put", "patch", "delete", "options", "head"]
