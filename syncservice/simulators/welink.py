@@ -60,6 +60,9 @@ class WelinkSimulator(SimulatorApp):
         self.closed: dict[str, int] = {}        # corpUserId → times an open account was closed
         self.reopened: dict[str, int] = {}      # corpUserId → times a closed account was opened again
         self.bulk_sizes: list[int] = []         # persons in each users/bulk call received
+        # National mobile → the corpUserIds whose record carries it: the login-mobile check of an opening
+        # looks at those, not at every user (a scan per opening made a 10,000-person load quadratic).
+        self._by_mobile: dict[str, set[str]] = {}
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -71,7 +74,14 @@ class WelinkSimulator(SimulatorApp):
                   "userStatus": status, "valid": valid}
         with self.lock:
             self.users[corp_user_id] = record
+            self._index_mobile(corp_user_id, "", mobile)
         return record
+
+    def _index_mobile(self, corp_user_id: str, old: str, new: str) -> None:
+        if old:
+            self._by_mobile.get(old.split("-")[-1], set()).discard(corp_user_id)
+        if new:
+            self._by_mobile.setdefault(new.split("-")[-1], set()).add(corp_user_id)
 
     def fail_job(self, corp_user_id: str, code: str = "47110",
                  message: str = "Failed to get the company email suffix information.") -> None:
@@ -150,6 +160,7 @@ class WelinkSimulator(SimulatorApp):
                 record = {"corpUserId": corp_user_id, "userId": "", "userStatus": NOT_OPEN_STATUS, "valid": "1"}
                 self.users[corp_user_id] = record
             # The bulk sync is an upsert keyed by corpUserId: fields are replaced, the account is not doubled.
+            self._index_mobile(corp_user_id, record.get("mobileNumber", ""), info["mobileNumber"])
             record.update({"userNameCn": info["userNameCn"], "mobileNumber": info["mobileNumber"],
                            "userEmail": info.get("userEmail", ""), "corpDeptCode": info.get("corpDeptCode", "")})
             close = str(info.get("valid", "1")) == "0"
@@ -208,8 +219,9 @@ class WelinkSimulator(SimulatorApp):
         if corp_user_id in self.forced_failures:
             return self.forced_failures.pop(corp_user_id)
         mobile = record["mobileNumber"].split("-")[-1]
-        for other in self.users.values():
-            if other["corpUserId"] != corp_user_id and other["userStatus"] == OPEN_STATUS and \
+        for other_id in self._by_mobile.get(mobile, ()):
+            other = self.users[other_id]
+            if other_id != corp_user_id and other["userStatus"] == OPEN_STATUS and \
                     other["mobileNumber"].split("-")[-1] == mobile:
                 return "47120", " The login mobile number has been registered."
         record["userStatus"] = OPEN_STATUS
