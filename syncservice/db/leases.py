@@ -18,12 +18,15 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, connection
 
 from ..models import Lease
 from .shared import shared_connection
 
 logger = logging.getLogger(__name__)
+
+# What a statement on a connection that went away raises: InterfaceError is not a DatabaseError.
+DatabaseErrors = (DatabaseError, InterfaceError)
 
 TABLE = Lease._meta.db_table
 # Taking and giving back a slot are one query string each, a transaction of its own whose commit does not
@@ -70,9 +73,11 @@ class _Renewer:
 
     def _run(self) -> None:
         wrapper = shared_connection(DEFAULT_DB_ALIAS).wrapper()
+        failures = 0  # in a row: the first is retried at once, the next ones at the usual pace
         try:
             while True:
-                self.wake.wait(lease_seconds() / 3)
+                if failures != 1:
+                    self.wake.wait(lease_seconds() / 3)
                 self.wake.clear()
                 with self.lock:
                     held = dict(self.held)
@@ -85,10 +90,15 @@ class _Renewer:
                             f"UPDATE {TABLE} SET expires_at = clock_timestamp() + make_interval(secs => %s) "
                             "WHERE holder = ANY(%s) RETURNING holder", [lease_seconds(), list(held)])
                         renewed = {row[0] for row in cursor.fetchall()}
-                except DatabaseError as exc:  # the next round tries again; a lease outlives a few misses
+                except DatabaseErrors as exc:
+                    # A dropped or closed connection (InterfaceError) too: a renewer that died here would let
+                    # every lease of the process expire under its holders. Reconnect and try again at once,
+                    # then a round later; a lease outlives a few misses.
                     logger.warning("could not renew %d lease(s): %s", len(held), exc)
                     wrapper.close()
+                    failures += 1
                     continue
+                failures = 0
                 for holder, lease in held.items():
                     if holder not in renewed and not lease.lost:
                         lease.lost = True
