@@ -50,6 +50,8 @@ OK = "0"
 AUTH_CODES = {"47101", "47103", "1000"}          # token malformed, expired, invalid: refresh once
 RATE_LIMITED = "48503"
 TRANSIENT_CODES = {RATE_LIMITED, "500", "43999", "41502", "55004"}   # system errors: worth retrying
+# A person a users/status answer leaves out: nothing is known of them.
+NO_ENTRY = ""
 NOT_FOUND_CODES = {"47111", "47012", "43051"}   # account not exist, no data, user not exist
 OPENED = "47109"
 PENDING_CODES = {"47100", "47104", "47108", "47112", "47113"}
@@ -58,6 +60,15 @@ OPEN_STATUS = "3"
 
 
 MAX_BULK_SIZE = 10                               # persons per users/bulk call, WeLink's own limit
+
+
+def _whole_answer_failure(code: str, message: str, persons: int) -> Outcome:
+    """A code on a whole answer, not per person. For one person it is that person's (permanent, as
+    before); for several it may be about the call itself (too many persons, one bad corpUserId), so none of
+    them fails for it: each tries again, and the code is kept verbatim for the operator."""
+    if persons == 1:
+        return Outcome.permanent(code, message)
+    return Outcome.transient(code, f"{message} (a code for the whole call of {persons} persons)")
 
 
 @dataclass(frozen=True)
@@ -179,19 +190,23 @@ class WelinkBackend(TargetBackend):
 
     def _statuses(self, persons: list[PersonSnapshot]) -> dict[str, tuple[str, str, dict]]:
         """One users/status call for several persons: corpUserId → (code, message, entry); a person the
-        answer leaves out reads as 47111 (no job)."""
+        answer leaves out reads as NO_ENTRY: nothing is known of them (not "no job", which would submit a
+        person over a user of someone else's without the lookup)."""
         body = self._call("POST", STATUS_PATH, json={"personInfo": [{"corpUserId": p.employee_number}
                                                                     for p in persons]})
         code = str(body.get("code", OK))
         if code != OK:
             for person in persons:
                 log_vendor_answer(self.system, "status", person, code, body.get("message", ""))
-            raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
-        return {p.employee_number: self._entry(body, p, default=("47111", "no status for this corpUserId"))
+            raise TargetError(_whole_answer_failure(code, str(body.get("message", "")), len(persons)))
+        return {p.employee_number: self._entry(body, p, default=(NO_ENTRY, "no status for this corpUserId"))
                 for p in persons}
 
     def _poll(self, person: PersonSnapshot) -> tuple[str, str]:
         code, message, _ = self._statuses([person])[person.employee_number]
+        if code == NO_ENTRY:
+            raise TargetError(Outcome.transient("no_status",
+                                                f"users/status did not answer for {person.employee_number}"))
         return code, message
 
     @staticmethod
@@ -306,6 +321,8 @@ class WelinkBackend(TargetBackend):
                       entry: dict) -> "Outcome | _Submit":
         """What the person's status means: an outcome, or _Submit when the person must be submitted."""
         if state.get("submitted") or state.get("submit_sent"):
+            if code == NO_ENTRY:  # nothing learnt of this job: ask again later
+                return Outcome.transient("no_status", f"users/status did not answer for {person.employee_number}")
             # The job is ours even when the answer to the submission was lost: 47109 means we created it.
             outcome = self._job_outcome(person, state, code, message, entry=entry)
             if outcome is not None:
@@ -328,7 +345,7 @@ class WelinkBackend(TargetBackend):
             return Outcome.linked(str(record.get("userId") or person.employee_number),
                                   message="the account was open already")
         # Saved but not open: a job of ours whose answer was lost may be running (its status says so).
-        if code != SAVED_NOT_OPENED:
+        if code not in (SAVED_NOT_OPENED, NO_ENTRY):
             outcome = self._job_outcome(person, state, code, message, entry=entry, record=record)
             if outcome is not None:
                 return outcome
@@ -346,7 +363,7 @@ class WelinkBackend(TargetBackend):
         if code != OK:
             for person, _ in items:
                 log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
-            return [Outcome.permanent(code, str(body.get("message", "")))] * len(items)
+            return [_whole_answer_failure(code, str(body.get("message", "")), len(items))] * len(items)
         outcomes = []
         for person, state in items:
             entry_code, message, entry = self._entry(body, person, default=("47100", "accepted"))

@@ -63,6 +63,9 @@ class WelinkSimulator(SimulatorApp):
         # National mobile → the corpUserIds whose record carries it: the login-mobile check of an opening
         # looks at those, not at every user (a scan per opening made a 10,000-person load quadratic).
         self._by_mobile: dict[str, set[str]] = {}
+        # Test controls of users/status: refuse a longer list as a whole (47013), or answer only the first N.
+        self.status_list_limit = 0
+        self.status_answers_first: int | None = None
 
     # --- Test controls ---------------------------------------------------------------------------
 
@@ -190,7 +193,12 @@ class WelinkSimulator(SimulatorApp):
         persons = (request.json() or {}).get("personInfo")
         if not isinstance(persons, list) or not persons:
             return _error("47003", "parameter is empty: personInfo")
-        return _ok([self._job_status(str(p.get("corpUserId") or "")) for p in persons], message="success")
+        if self.status_list_limit and len(persons) > self.status_list_limit:
+            return _error("47013", f"personInfo holds more than {self.status_list_limit} persons")
+        entries = [self._job_status(str(p.get("corpUserId") or "")) for p in persons]
+        if self.status_answers_first is not None:
+            entries = entries[:self.status_answers_first]
+        return _ok(entries, message="success")
 
     def _job_status(self, corp_user_id: str) -> dict:
         record = self.users.get(corp_user_id)

@@ -398,3 +398,45 @@ def test_each_welink_api_has_its_own_40_calls_a_second(welink_sim, backend_setti
     assert welink_sim.rate_limit.refused == 0
     assert paced_endpoints("welink") >= \
         {STATUS_PATH, BULK_PATH}
+
+
+def test_a_person_the_status_answer_leaves_out_is_looked_up_before_a_submission(welink_sim):
+    """Nothing known of a person is not "no job": a user of someone else's under that corpUserId must be
+    seen by the lookup, never overwritten by a blind upsert."""
+    persons = [make_person() for _ in range(4)]
+    stranger = persons[3]
+    welink_sim.add_user(stranger.employee_number, name="别人", mobile="+86-13999999999", email="other@corp.cn")
+    welink_sim.status_answers_first = 2
+
+    outcomes = get_backend("welink").ensure_accounts([(p, {}) for p in persons])
+
+    assert outcomes[3].kind == OutcomeKind.PERMANENT and outcomes[3].code == "conflict"
+    assert welink_sim.users[stranger.employee_number]["userNameCn"] == "别人"
+    assert stranger.employee_number not in welink_sim.submissions
+    assert welink_sim.calls_to(USERS_PATH) == 2           # the two left out, looked up
+    assert [o.kind for o in outcomes[:3]] == [OutcomeKind.IN_PROGRESS] * 3
+
+
+def test_a_submitted_person_the_status_answer_leaves_out_tries_again(welink_sim):
+    persons = [make_person() for _ in range(3)]
+    backend = get_backend("welink")
+    submitted = backend.ensure_accounts([(p, {}) for p in persons])
+    welink_sim.status_answers_first = 1
+
+    polled = backend.ensure_accounts([(p, o.state) for p, o in zip(persons, submitted)])
+
+    assert [(o.kind, o.code) for o in polled[1:]] == [(OutcomeKind.TRANSIENT, "no_status")] * 2
+    assert welink_sim.calls_to(BULK_PATH) == 1
+
+
+def test_a_code_for_the_whole_status_call_fails_no_one_for_good(welink_sim):
+    persons = [make_person() for _ in range(3)]
+    welink_sim.status_list_limit = 2
+
+    outcomes = get_backend("welink").ensure_accounts([(p, {}) for p in persons])
+
+    assert [(o.kind, o.code) for o in outcomes] == [(OutcomeKind.TRANSIENT, "47013")] * 3
+    assert welink_sim.calls_to(BULK_PATH) == 0
+    welink_sim.status_list_limit = 0
+    again = get_backend("welink").ensure_accounts([(p, {}) for p in persons])
+    assert [o.kind for o in again] == [OutcomeKind.IN_PROGRESS] * 3
