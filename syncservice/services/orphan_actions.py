@@ -10,7 +10,7 @@ active state and nothing else (the service does not know whose values the accoun
 import logging
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import transaction
 
 from ..backends import get_backend
 from ..backends.base import Outcome, OutcomeKind, TargetAccount
@@ -20,6 +20,7 @@ from ..queue.engines import Claimed
 from ..queue.handler import Handler
 from ..queue.outcomes import Decision, JobResult, Settled, Verdict
 from ..queue.table import JobTable
+from .target_calls import guarded
 
 logger = logging.getLogger(__name__)
 
@@ -89,21 +90,22 @@ def _check(finding: Finding) -> None:
 
 
 def disable(action: OrphanAction) -> Outcome:
-    """One call to the target, within the shared concurrency slots; never raises."""
-    try:
+    """One call to the target, within the shared concurrency slots; never raises.
+
+    Checked again just before the call: an account of ours may have come to carry this id since the
+    operator asked (a creation that linked the existing account), and that account is never switched off."""
+    def call() -> list[Outcome]:
+        if Account.objects.filter(system=action.system, external_id=action.external_id).exists():
+            return [Outcome.permanent("account_claimed", f"{action.external_id} is an account of ours now: "
+                                                         "not disabled")]
         with concurrency_slot(action.system) as acquired:
             if not acquired:
-                return Outcome.transient("slot_busy", f"no free {action.system} call slot across the workers "
-                                                      f"within {settings.TARGET_SLOT_WAIT_SECONDS:g} s")
+                return [Outcome.transient("slot_busy", f"no free {action.system} call slot across the workers "
+                                                       f"within {settings.TARGET_SLOT_WAIT_SECONDS:g} s")]
             account = TargetAccount(external_id=action.external_id, key=action.employee_number)
-            return get_backend(action.system).disable_account(account)
-    except DatabaseError as exc:
-        if not connection.in_atomic_block:
-            connection.close()
-        return Outcome.transient("database_error", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
-    except Exception as exc:  # a backend bug must not lose the action
-        logger.exception("backend %s raised disabling orphan %s", action.system, action.external_id)
-        return Outcome.transient("exception", f"{type(exc).__name__}: {exc}")
+            return [get_backend(action.system).disable_account(account)]
+
+    return guarded(action.system, [action.pk], call, what="orphan disable")[0]
 
 
 class DisableOrphanHandler(Handler):

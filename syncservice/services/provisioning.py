@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -43,6 +42,7 @@ from .mailbox_first import MAILBOX, settle_blocked_tasks, settle_stranded_blocke
 from .notifications import NotificationHandler
 from .orphan_actions import DISABLE_ORPHAN
 from .rollup import reconcile_processing_requests, rollup_items_for_persons
+from .target_calls import guarded
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def ensure_accounts(system: str, tasks: list[Task]) -> list[Outcome]:
     """The calls for several tasks of one system, in one of the shared concurrency slots; never raises.
 
     Creations go to the backend together (a bulk API sends several persons per call) and changes one by
-    one; one outcome per task, in order. A failure of our own side answers the same outcome for each."""
-    try:
+    one; one outcome per task, in order. A failure of our own side answers for the calls it hit only: the
+    creations' outcomes survive a change that raises after them, and each change stands alone."""
+    def in_slot() -> list[Outcome]:
         with concurrency_slot(system) as acquired:
             if not acquired:
                 busy = Outcome.transient("slot_busy", f"no free {system} call slot across the workers "
@@ -118,23 +119,14 @@ def ensure_accounts(system: str, tasks: list[Task]) -> list[Outcome]:
                 return [busy] * len(tasks)
             backend = get_backend(system)
             creations = [t for t in tasks if t.operation == Task.Operation.CREATE]
-            created = iter(backend.ensure_accounts([(snapshot(t), dict(t.backend_state or {})) for t in creations])
-                           if creations else [])
+            created = iter(guarded(system, [t.pk for t in creations], lambda: backend.ensure_accounts(
+                [(snapshot(t), dict(t.backend_state or {})) for t in creations])) if creations else [])
             return [next(created) if task.operation == Task.Operation.CREATE else
-                    backend.apply_change(snapshot(task), account_change(task), dict(task.backend_state or {}))
+                    guarded(system, [task.pk], lambda task=task: [backend.apply_change(
+                        snapshot(task), account_change(task), dict(task.backend_state or {}))], what="change")[0]
                     for task in tasks]
-    except DatabaseError as exc:
-        # Our database failed (a restart, a dropped connection), not the target: one line, no traceback per
-        # task, and a fresh connection for this thread's next call instead of a dead one.
-        message = " ".join(str(exc).split())
-        logger.warning("database error during the %s call for task(s) %s: %s", system, [t.pk for t in tasks],
-                       message)
-        if not connection.in_atomic_block:
-            connection.close()
-        return [Outcome.transient("database_error", f"{type(exc).__name__}: {message}")] * len(tasks)
-    except Exception as exc:  # a backend bug must not lose the tasks: record it and retry later
-        logger.exception("backend %s raised for task(s) %s", system, [t.pk for t in tasks])
-        return [Outcome.transient("exception", f"{type(exc).__name__}: {exc}")] * len(tasks)
+
+    return guarded(system, [t.pk for t in tasks], in_slot)
 
 
 class CreateAccountHandler(Handler):

@@ -17,7 +17,7 @@ from syncservice.models import (
 from syncservice.selectors import account_history
 from syncservice.services.lifecycle import tasks_retry
 
-from .fixtures import document, requires_postgres, run_pipeline, stage, submit
+from .fixtures import document, make_users, requires_postgres, run_pipeline, stage, submit
 
 pytestmark = [pytest.mark.django_db(transaction=True), requires_postgres]
 SYSTEMS = {"idaas", "welink", "email"}
@@ -337,3 +337,27 @@ def test_a_deactivation_is_validated_like_a_creation_every_error_at_once_nothing
     assert not AccountCreationRequest.objects.exists()
     assert deactivate(hr_caller, originSystem="HR_SYSTEM", businessKey="K", userList=[]).json()["errors"] == [
         {"field": "userList", "code": "empty", "message": "请至少指定一个用户。"}]
+
+
+def test_a_change_that_raises_costs_no_creation_of_its_batch_its_outcome(hr, hr_caller, monkeypatch):
+    from syncservice.backends.local import LocalMailboxBackend
+    from syncservice.services.provisioning import ensure_accounts
+
+    hr(hr_person("H7", "周杰", "2026-01-01T00:00:00Z"))
+    run_pipeline()
+    hr(hr_person("H7", "周杰伦", "2026-02-01T00:00:00Z"))
+    submit(hr_caller, businessKey="BATCH-MIX", userList=make_users(1, "N"))
+    stage("sync_hr_persons")
+    stage("create_account_tasks")
+    tasks = list(AccountCreationTask.objects.filter(system="email", status="pending").select_related("person")
+                 .order_by("operation"))
+    assert [t.operation for t in tasks] == ["create", "update"]
+
+    def broken(self, person, change, state):
+        raise KeyError("a bug in one change")
+
+    monkeypatch.setattr(LocalMailboxBackend, "apply_change", broken)
+    outcomes = ensure_accounts("email", tasks)
+
+    assert outcomes[0].kind == "created"
+    assert (outcomes[1].kind, outcomes[1].code) == ("transient", "exception")

@@ -266,3 +266,18 @@ def test_a_failed_orphan_disable_is_retried_then_reported(provisioned, staff_cli
 
     action = OrphanAction.objects.get()
     assert (action.status, action.last_error_code) == ("failed", "account_missing")
+
+
+def test_an_orphan_that_became_ours_after_the_disable_was_asked_is_not_switched_off(provisioned, staff_client):
+    drift_the_targets()
+    stage("reconcile_accounts", "--dry-run", "--system", "idaas")
+    orphan = ReconciliationFinding.objects.get(run=latest(), kind="orphan")
+    admin_action(staff_client, "reconciliationfinding", "disable_orphans", [orphan.pk])
+    # Before the stage runs, a creation links the existing account to a person of ours.
+    Account.objects.filter(system="idaas", person__employee_number="R000009").update(external_id="idaas-x1")
+
+    stage("process_account_creation_tasks")
+
+    action = OrphanAction.objects.get()
+    assert (action.status, action.last_error_code) == ("failed", "account_claimed")
+    assert target("idaas", "STRANGER1").active is True
