@@ -7,12 +7,14 @@ Reconciliation reads every user by index paging, `GET /Users?startIndex=&count=`
 """
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from django.conf import settings
+from django.db import connections
 
 from .base import (
     CHANGE_FIELDS,
@@ -39,12 +41,18 @@ from .http import (
     service_mobile,
 )
 
+logger = logging.getLogger(__name__)
+
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 PATCH_OP_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 BULK_REQUEST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 LOOKUP_BATCH = 20   # userNames per batched lookup (`userName eq "a" or userName eq "b" …`)
 CONFIG_SECONDS = 300.0   # how long the announced bulk support is believed before it is read again
+# A /Bulk answer that says no operation ran (RFC 7644 §3.7.3: 413 too large; 400 a malformed request).
+REFUSED_AS_A_WHOLE = (400, 413)
+FAILED_CONFIG_SECONDS = 60.0   # a /ServiceProviderConfig that did not answer is asked again this much later
+BULK_DISCOVERY_WAIT = 2.0      # the longest a run's start waits for it
 SCIM_MEDIA_TYPE = "application/scim+json"
 NO_PATCH_STATUSES = (405, 501)   # Method Not Allowed / Not Implemented: ServiceProviderConfig patch.supported false
 
@@ -151,7 +159,7 @@ class ScimIdaasBackend(TargetBackend):
         super().__init__(**options)
         self.http = HttpClient(system=self.system, url_setting="IDAAS_SCIM_URL", error_fields=scim_error)
         self.patch_supported = True   # until the server answers a PATCH with 501 or 405
-        self._bulk: tuple[BulkSupport, float] | None = None   # (support, time.monotonic() it was read)
+        self._bulk: tuple[BulkSupport, float] | None = None   # (support, time.monotonic() it expires)
         self._bulk_lock = threading.Lock()
 
     def close(self) -> None:
@@ -176,22 +184,39 @@ class ScimIdaasBackend(TargetBackend):
 
     def batch_size(self) -> int:
         """IDAAS_SCIM_BATCH_SIZE where the server takes POST /Bulk; otherwise one person per call, so that
-        the threads call side by side instead of one thread calling a batch in turn."""
-        try:
-            supported = self.bulk().supported
-        except TargetError:
-            supported = False
+        the threads call side by side instead of one thread calling a batch in turn.
+
+        Asked by the executor's main thread as a run starts: the discovery runs in a thread of its own and
+        is waited for BULK_DISCOVERY_WAIT seconds at most, so that a slow or paused IDaaS never holds the
+        other targets' lanes back (the run then goes one by one; a later run knows)."""
+        answer: list[BulkSupport] = []
+        done = threading.Event()
+
+        def discover():
+            try:
+                answer.append(self.bulk())
+            finally:
+                connections.close_all()  # this thread's own, if pacing opened one
+                done.set()
+
+        threading.Thread(target=discover, name="scim-bulk-discovery", daemon=True).start()
+        supported = done.wait(BULK_DISCOVERY_WAIT) and bool(answer) and answer[0].supported
         return max(1, int(settings.IDAAS_SCIM_BATCH_SIZE)) if supported else 1
 
     def bulk(self) -> BulkSupport:
         """The server's bulk support, read from /ServiceProviderConfig and kept for a few minutes; a
-        server that does not answer it is taken as one without bulk (the one-by-one path)."""
+        server that does not answer it is taken as one without bulk (the one-by-one path), and asked
+        again a minute later."""
         with self._bulk_lock:
-            if self._bulk is not None and time.monotonic() - self._bulk[1] < CONFIG_SECONDS:
+            if self._bulk is not None and time.monotonic() < self._bulk[1]:
                 return self._bulk[0]
-            response = self.http.request("GET", "/ServiceProviderConfig", headers=self._headers())
+            try:
+                response = self.http.request("GET", "/ServiceProviderConfig", headers=self._headers())
+            except TargetError:
+                self._bulk = (NO_BULK, time.monotonic() + FAILED_CONFIG_SECONDS)
+                return NO_BULK
             support = bulk_support(safe_json(response)) if response.status_code == 200 else NO_BULK
-            self._bulk = (support, time.monotonic())
+            self._bulk = (support, time.monotonic() + CONFIG_SECONDS)
             return support
 
     def ensure_accounts(self, items: list[tuple[PersonSnapshot, dict]]) -> list[Outcome]:
@@ -270,6 +295,14 @@ class ScimIdaasBackend(TargetBackend):
         try:
             response = self.http.request("POST", "/Bulk", headers=self._headers(),
                                          data=json.dumps(body, ensure_ascii=False).encode("utf-8"))
+            if response.status_code in REFUSED_AS_A_WHOLE:
+                # The server refused the request itself (its size, its form), so no operation ran: each person
+                # goes one by one, and bulk rests until the support is read again.
+                logger.warning("SCIM /Bulk refused as a whole (HTTP %s): %d person(s) one by one",
+                               response.status_code, len(request))
+                with self._bulk_lock:
+                    self._bulk = (NO_BULK, time.monotonic() + CONFIG_SECONDS)
+                return {index: self.ensure_account(person, {}) for index, person, _ in request}
             if response.status_code != 200:
                 raise TargetError(self._failure(response, request[0][1], "bulk"))
             answer = json_object(response, self.system)

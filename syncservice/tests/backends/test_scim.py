@@ -226,6 +226,32 @@ def test_a_dropped_bulk_answer_is_retried_without_a_duplicate(scim):
     assert scim.proxy.calls_to("/Bulk", "POST") == 1
 
 
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_bulk_request_refused_as_a_whole_goes_one_by_one(scim, status):
+    persons = [make_person() for _ in range(3)]
+    scim.proxy.faults.fail(1, status=status, method="POST", path="/Bulk")
+    backend = get_backend("idaas")
+
+    outcomes = backend.ensure_accounts([(p, {}) for p in persons])
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.CREATED] * 3   # no one failed for the request's fault
+    assert all(len(scim.users_named(p.employee_number)) == 1 for p in persons)
+    assert scim.proxy.calls_to("/Users", "POST") == 3
+    # Bulk rests until the support is read again: the next batch goes one by one at once.
+    more = [make_person() for _ in range(2)]
+    assert [o.kind for o in backend.ensure_accounts([(p, {}) for p in more])] == [OutcomeKind.CREATED] * 2
+    assert scim.proxy.calls_to("/Bulk", "POST") == 1
+
+
+def test_a_scim_server_that_does_not_answer_its_config_is_asked_again_later(scim):
+    backend = get_backend("idaas")
+    scim.proxy.faults.drop(1, path="/ServiceProviderConfig")
+
+    assert backend.batch_size() == 1          # the run starts one by one, without waiting long
+    assert backend.batch_size() == 1          # and does not ask again at once
+    assert scim.proxy.calls_to("/ServiceProviderConfig", "GET") == 1
+
+
 def test_bulk_requests_stay_within_the_servers_max_operations(scim_small_bulk):
     persons = [make_person() for _ in range(5)]
 
