@@ -337,3 +337,19 @@ def test_a_failed_batchcheck_retries_every_person_and_creates_nothing_twice(exma
 
     assert [o.kind for o in again] == [OutcomeKind.LINKED]   # found by the batchcheck, read back: ours
     assert all(exmail_sim.created[p.email] == 1 for p in persons)
+
+
+@pytest.mark.django_db
+def test_a_batch_stops_calling_before_it_outlasts_its_tasks_leases(exmail_sim, backend_settings):
+    """The creations are paced: once a quarter of the lease has gone, the rest of the batch waits its turn
+    (another worker would otherwise claim and call for them again)."""
+    backend_settings.TASK_LEASE_SECONDS = 0.4          # a quarter: 0.1 s
+    backend_settings.MAILBOX_MAX_CALLS_PER_MINUTE_PER_CGI = 600   # 10 a second per cgi: 0.1 s apart
+    persons = [make_person() for _ in range(5)]
+
+    outcomes = get_backend("email").ensure_accounts([(p, {}) for p in persons])
+
+    deferred = [o for o in outcomes if o.code == "batch_deadline"]
+    assert deferred and all(o.kind == OutcomeKind.TRANSIENT and o.rate_limited for o in deferred)
+    created = [o for o in outcomes if o.kind == OutcomeKind.CREATED]
+    assert len(created) + len(deferred) == 5 and len(exmail_sim.created) == len(created)
