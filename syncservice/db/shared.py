@@ -108,9 +108,13 @@ class _SharedWrapperMixin:
                 raise
             self.holds_shared_lock = True
             return
-        with self.shared.lock:  # waits for another thread's transaction to end
-            super()._set_autocommit(True)
-        self._release_transaction_hold()
+        try:
+            with self.shared.lock:  # waits for another thread's transaction to end
+                super()._set_autocommit(True)
+        finally:
+            # Given up even when going back to autocommit failed (a connection lost mid-transaction): a hold
+            # kept here would stop every other thread of the process for good.
+            self._release_transaction_hold()
 
     def _release_transaction_hold(self):
         if self.holds_shared_lock:

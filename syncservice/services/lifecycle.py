@@ -11,6 +11,7 @@ from ..selectors import iso_utc
 from .account_changes import open_changes
 from .mailbox_first import MAILBOX, MAILBOX_FAILED, opened_status, persons_with_mailbox_coming
 from .rollup import error_summaries, rollup_items_for_persons, rollup_requests
+from .wakeup import notify_work
 
 Request = AccountCreationRequest
 Item = AccountCreationRequestItem
@@ -155,6 +156,7 @@ def _reopen_items(request: Request, items: list[Item], now) -> None:
         status=Request.Status.PROCESSING, completed_at=None, error_summary=None, error_history=history,
         cancel_requested_at=None, updated_at=now)
     rollup_requests([request.pk])
+    notify_work("retry")  # the reopened work starts at once in worker mode, on commit
 
 
 @transaction.atomic
@@ -246,4 +248,6 @@ def tasks_retry(*, tasks) -> int:
         Account.objects.filter(person_system_q({(t.person_id, t.system) for t in fresh})).exclude(
             status=Account.Status.CREATED).update(
             status=Account.Status.CREATING, error_message="", updated_at=now)
+    if fresh or reopened:
+        notify_work("retry")
     return len(fresh) + reopened

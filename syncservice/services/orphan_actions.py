@@ -21,6 +21,7 @@ from ..queue.handler import Handler
 from ..queue.outcomes import Decision, JobResult, Settled, Verdict
 from ..queue.table import JobTable
 from .target_calls import guarded
+from .wakeup import notify_work
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def orphans_disable(findings, *, requested_by: str) -> tuple[list[OrphanAction],
             finding=finding, system=finding.system, external_id=finding.external_id,
             employee_number=finding.employee_number, requested_by=requested_by[:150]))
         Finding.objects.filter(pk=finding.pk).update(repair=Finding.Repair.OPENED)
+    if opened:
+        notify_work("orphan")  # a worker in worker mode starts it at once, on commit
     return opened, refused
 
 

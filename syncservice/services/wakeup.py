@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Min
 
-from ..models import AccountCreationTask, Notification
+from ..models import AccountCreationTask, Notification, OrphanAction
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def earliest_due():
         Task.objects.filter(status=Task.Status.RUNNING).aggregate(t=Min("lease_expires_at"))["t"],
         Notification.objects.filter(status=Notification.Status.PENDING).aggregate(t=Min("next_attempt_at"))["t"],
         Notification.objects.filter(status=Notification.Status.SENDING).aggregate(t=Min("lease_expires_at"))["t"],
+        OrphanAction.objects.filter(status=OrphanAction.Status.PENDING).aggregate(t=Min("next_attempt_at"))["t"],
+        OrphanAction.objects.filter(status=OrphanAction.Status.RUNNING).aggregate(t=Min("lease_expires_at"))["t"],
     ]
     times = [t for t in times if t is not None]
     return min(times) if times else None
