@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, connection
+from django.db.models import Exists, Q
+from django.db.models.functions import Now
 
 from ..models import Lease
 from .shared import shared_connection
@@ -166,6 +168,15 @@ def still_held(held: Held) -> bool:
         cursor.execute(f"SELECT 1 FROM {TABLE} WHERE scope = %s AND slot = %s AND holder = %s "
                        "AND expires_at > clock_timestamp()", [held.scope, held.slot, held.holder])
         return cursor.fetchone() is not None
+
+
+def held_q(held: Held) -> Q:
+    """A condition for a write that must come from this holder alone, checked in the write's own statement
+    (true on SQLite, where nothing is shared)."""
+    if connection.vendor != "postgresql":
+        return Q()
+    return Q(Exists(Lease.objects.filter(scope=held.scope, slot=held.slot, holder=held.holder,
+                                         expires_at__gt=Now())))
 
 
 @contextlib.contextmanager

@@ -393,10 +393,14 @@ def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
             logger.warning("HR sync lost its lease; the watermark is not moved")
             return synced, f"HR sync: {synced} person(s), lease lost: watermark not moved"
         now = timezone.now()
-        HrSyncState.objects.filter(pk=state.pk).update(
+        # The check and the move are one statement: a lease that runs out between them moves nothing.
+        moved = HrSyncState.objects.filter(pk=state.pk).filter(leases.held_q(held)).update(
             watermark_updated_at=high_water[0], watermark_person_id=high_water[1], last_run_at=now,
             last_success_at=now, last_error="", persons_synced=state.persons_synced + synced,
         )
+        if not moved:
+            logger.warning("HR sync lost its lease; the watermark is not moved")
+            return synced, f"HR sync: {synced} person(s), lease lost: watermark not moved"
         note = f"HR sync: {synced} person(s)" + (f", {skipped} invalid record(s) skipped" if skipped else "")
         if skipped:
             logger.warning("HR sync skipped %d invalid record(s)", skipped)

@@ -50,3 +50,15 @@ def test_a_holder_whose_lease_was_taken_over_knows_it(settings):
     assert not leases.still_held(held)
     leases.release(held)  # gives back nothing: the slot is the other holder's
     assert Lease.objects.get(scope="test-lost").holder == "elsewhere:1:abc"
+
+
+def test_a_write_fenced_by_a_lease_moves_nothing_once_the_lease_is_someone_elses(settings):
+    from syncservice.models import HrSyncState
+
+    state = HrSyncState.objects.create(name="fenced")
+    with leases.singleton("test-fence") as held:
+        assert HrSyncState.objects.filter(pk=state.pk).filter(leases.held_q(held)).update(last_error="mine") == 1
+        Lease.objects.filter(scope="test-fence").update(holder="elsewhere:2:def")
+        assert HrSyncState.objects.filter(pk=state.pk).filter(leases.held_q(held)).update(last_error="late") == 0
+    state.refresh_from_db()
+    assert state.last_error == "mine"
