@@ -58,10 +58,14 @@ class Listener:
 
         url = settings.DATABASE_LISTEN_URL
         params = dj_database_url.parse(url)
+        # The URL's own options (sslmode, …) hold here too; a database that cannot be reached must not hold
+        # the worker (and its SIGTERM) for the system's TCP timeout.
+        options = {"connect_timeout": 10, **(params.get("OPTIONS") or {}),
+                   "application_name": f"aps run_worker listen {os.getpid()}"[:63]}
+        options.pop("options", None)  # startup parameters (the pooled connections') are not the listener's
         self.conn = psycopg2.connect(
             host=params.get("HOST") or None, port=params.get("PORT") or None, user=params.get("USER") or None,
-            password=params.get("PASSWORD") or None, dbname=params["NAME"],
-            application_name=f"aps run_worker listen {os.getpid()}"[:63])
+            password=params.get("PASSWORD") or None, dbname=params["NAME"], **options)
         self.conn.autocommit = True
         with self.conn.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANNEL}")
