@@ -23,7 +23,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from ..db.shared import unflushed_commit
+from ..db.shared import unflushed_commit, unflushed_prefix
 from ..models import LocalTargetAccount
 from .base import (
     AccountChange,
@@ -71,12 +71,11 @@ class LocalBackend(TargetBackend):
         external_id = f"{self.system}-{uuid.uuid4().hex[:16]}"
         table = LocalTargetAccount._meta.db_table
         now = timezone.now()
-        # One query string, one transaction whose commit does not wait for its WAL flush (see unflushed_commit).
-        unflushed = "SET LOCAL synchronous_commit TO off; " if connection.vendor == "postgresql" else ""
         with connection.cursor() as cursor:
             cursor.execute(
-                unflushed + f'INSERT INTO "{table}" (system, employee_number, external_id, email, full_name, mobile, '
-                "department_code, active, created_at, updated_at) "
+                # One query string: its own transaction, committed without waiting for the WAL flush.
+                unflushed_prefix() + f'INSERT INTO "{table}" (system, employee_number, external_id, email, '
+                "full_name, mobile, department_code, active, created_at, updated_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (system, employee_number) DO NOTHING",
                 [self.system, person.employee_number, external_id, person.email or "", person.full_name,
                  person.phone_number or "", person.department_code or "", True, now, now],

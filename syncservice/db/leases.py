@@ -23,7 +23,7 @@ from django.db.models import Exists, Q
 from django.db.models.functions import Now
 
 from ..models import Lease
-from .shared import shared_connection
+from .shared import shared_connection, unflushed_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 DatabaseErrors = (DatabaseError, InterfaceError)
 
 TABLE = Lease._meta.db_table
-# Taking and giving back a slot are one query string each, a transaction of its own whose commit does not
-# wait for its WAL flush: they run thousands of times a minute on the threads' one shared connection, and a
-# crash of PostgreSQL that forgets the last of them frees slots whose holders are gone with it anyway.
-UNFLUSHED = "SET LOCAL synchronous_commit TO off; "
 
 
 @dataclass
@@ -121,6 +117,9 @@ def _ensure_rows(cursor, scope: str, slots: int) -> int:
     return cursor.rowcount
 
 
+# Taking and giving back a slot are one query string each, a transaction of its own whose commit does not
+# wait for its WAL flush (unflushed_prefix): they run thousands of times a minute on the threads' one shared
+# connection, and a crash of PostgreSQL that forgets the last of them frees slots whose holders are gone too.
 def try_take(scope: str, slots: int = 1, *, cursor_factory=None) -> Held | None:
     """Take one free or expired slot of the scope (0 ≤ slot < slots) in one statement; None when all are held."""
     cursor_factory = cursor_factory or connection.cursor
@@ -128,7 +127,7 @@ def try_take(scope: str, slots: int = 1, *, cursor_factory=None) -> Held | None:
     with cursor_factory() as cursor:
         for _ in range(2):  # the second time only when the scope's rows had to be made first
             cursor.execute(
-                UNFLUSHED + f"""
+                unflushed_prefix() + f"""
                 UPDATE {TABLE} SET holder = %s, acquired_at = clock_timestamp(),
                                    expires_at = clock_timestamp() + make_interval(secs => %s)
                 WHERE id = (SELECT id FROM {TABLE}
@@ -154,7 +153,7 @@ def release(held: Held, *, cursor_factory=None) -> None:
     _renewer.remove(held)
     cursor_factory = cursor_factory or connection.cursor
     with cursor_factory() as cursor:
-        cursor.execute(UNFLUSHED + f"UPDATE {TABLE} SET holder = '', expires_at = NULL "
+        cursor.execute(unflushed_prefix() + f"UPDATE {TABLE} SET holder = '', expires_at = NULL "
                        "WHERE scope = %s AND slot = %s AND holder = %s", [held.scope, held.slot, held.holder])
 
 

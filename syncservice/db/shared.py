@@ -136,6 +136,15 @@ class _SharedWrapperMixin:
             self._release_transaction_hold()
 
 
+UNFLUSHED = "SET LOCAL synchronous_commit TO off"
+
+
+def unflushed_prefix() -> str:
+    """What makes one autocommitted query string a transaction whose commit does not wait for its WAL flush
+    (the statements of one string run in one implicit transaction); nothing on SQLite."""
+    return UNFLUSHED + "; " if connection.vendor == "postgresql" else ""
+
+
 @contextlib.contextmanager
 def unflushed_commit():
     """A short transaction whose commit does not wait for its WAL flush (`SET LOCAL synchronous_commit`).
@@ -147,7 +156,7 @@ def unflushed_commit():
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO off")
+                cursor.execute(UNFLUSHED)
         yield
 
 
