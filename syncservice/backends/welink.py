@@ -71,6 +71,11 @@ def _whole_answer_failure(code: str, message: str, persons: int) -> Outcome:
     return Outcome.transient(code, f"{message} (a code for the whole call of {persons} persons)")
 
 
+def _no_status(person: PersonSnapshot) -> Outcome:
+    """A submitted person the users/status answer left out: nothing learnt, asked again later."""
+    return Outcome.transient("no_status", f"users/status did not answer for {person.employee_number}")
+
+
 @dataclass(frozen=True)
 class _Submit:
     """The person must be submitted, with this state."""
@@ -199,14 +204,14 @@ class WelinkBackend(TargetBackend):
             for person in persons:
                 log_vendor_answer(self.system, "status", person, code, body.get("message", ""))
             raise TargetError(_whole_answer_failure(code, str(body.get("message", "")), len(persons)))
-        return {p.employee_number: self._entry(body, p, default=(NO_ENTRY, "no status for this corpUserId"))
+        entries = self._entries(body)
+        return {p.employee_number: self._entry(entries, p, default=(NO_ENTRY, "no status for this corpUserId"))
                 for p in persons}
 
     def _poll(self, person: PersonSnapshot) -> tuple[str, str]:
         code, message, _ = self._statuses([person])[person.employee_number]
         if code == NO_ENTRY:
-            raise TargetError(Outcome.transient("no_status",
-                                                f"users/status did not answer for {person.employee_number}"))
+            raise TargetError(_no_status(person))
         return code, message
 
     @staticmethod
@@ -233,16 +238,26 @@ class WelinkBackend(TargetBackend):
         if code != OK:
             log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
             raise TargetError(Outcome.permanent(code, str(body.get("message", ""))))
-        code, message, _ = self._entry(body, person, default=("47100", "accepted"))
+        code, message, _ = self._entry(self._entries(body), person, default=("47100", "accepted"))
         return code, message
 
     @staticmethod
-    def _entry(body: dict, person: PersonSnapshot, default: tuple[str, str]) -> tuple[str, str, dict]:
-        """The per-user (code, message, entry) of a bulk or status answer."""
+    def _entries(body: dict) -> dict[str, dict]:
+        """The per-user entries of a bulk or status answer, by corpUserId (read once per answer; the first
+        entry of a corpUserId counts)."""
+        entries: dict[str, dict] = {}
         for entry in body.get("data") or []:
-            if isinstance(entry, dict) and str(entry.get("corpUserId", "")) == person.employee_number:
-                return str(entry.get("code", "")), str(entry.get("message", "")).strip(), entry
-        return (*default, {})
+            if isinstance(entry, dict):
+                entries.setdefault(str(entry.get("corpUserId", "")), entry)
+        return entries
+
+    @staticmethod
+    def _entry(entries: dict[str, dict], person: PersonSnapshot, default: tuple[str, str]) -> tuple[str, str, dict]:
+        """The person's (code, message, entry) in an answer's entries; `default` when it is left out."""
+        entry = entries.get(person.employee_number)
+        if entry is None:
+            return (*default, {})
+        return str(entry.get("code", "")), str(entry.get("message", "")).strip(), entry
 
     def _job_outcome(self, person: PersonSnapshot, state: dict, code: str, message: str, *, entry: dict,
                      record: dict | None = None) -> Outcome | None:
@@ -322,7 +337,7 @@ class WelinkBackend(TargetBackend):
         """What the person's status means: an outcome, or _Submit when the person must be submitted."""
         if state.get("submitted") or state.get("submit_sent"):
             if code == NO_ENTRY:  # nothing learnt of this job: ask again later
-                return Outcome.transient("no_status", f"users/status did not answer for {person.employee_number}")
+                return _no_status(person)
             # The job is ours even when the answer to the submission was lost: 47109 means we created it.
             outcome = self._job_outcome(person, state, code, message, entry=entry)
             if outcome is not None:
@@ -364,9 +379,9 @@ class WelinkBackend(TargetBackend):
             for person, _ in items:
                 log_vendor_answer(self.system, "bulk", person, code, body.get("message", ""))
             return [_whole_answer_failure(code, str(body.get("message", "")), len(items))] * len(items)
-        outcomes = []
+        outcomes, entries = [], self._entries(body)
         for person, state in items:
-            entry_code, message, entry = self._entry(body, person, default=("47100", "accepted"))
+            entry_code, message, entry = self._entry(entries, person, default=("47100", "accepted"))
             outcome = self._job_outcome(person, state, entry_code, message, entry=entry)
             if outcome is None:
                 log_vendor_answer(self.system, "bulk", person, entry_code, message)
