@@ -336,10 +336,7 @@ class ScimIdaasBackend(TargetBackend):
         scim_type, message = scim_error(detail)
         log_vendor_answer(self.system, "bulk", person, f"{status} {scim_type}".strip(), message)
         if status == 409:
-            existing = self._find(person)
-            if existing is not None:
-                return self._link(existing, person, message or "409 uniqueness")
-            return Outcome.permanent(scim_type or "http_409", message or "409")
+            return self._after_conflict(person, scim_type, message)
         if status == 429 or status >= 500 or status == 401:
             return Outcome.transient(scim_type or f"http_{status}", message or f"Bulk operation answered {status}",
                                      rate_limited=status == 429)
@@ -425,12 +422,16 @@ class ScimIdaasBackend(TargetBackend):
         if response.status_code == 409:
             scim_type, detail = scim_error(safe_json(response))
             log_vendor_answer(self.system, "create", person, f"409 {scim_type}", detail)
-            # 409 means another request created the user first (ours, after a lost answer, or someone else).
-            existing = self._find(person)
-            if existing is not None:
-                return self._link(existing, person, detail or "409 uniqueness")
-            return Outcome.permanent(scim_type or "http_409", detail or body_excerpt(response))
+            return self._after_conflict(person, scim_type, detail or body_excerpt(response))
         return self._failure(response, person, "create")
+
+    def _after_conflict(self, person: PersonSnapshot, scim_type: str, detail: str) -> Outcome:
+        """A create answered 409: another request made the user first (ours, after a lost answer, or someone
+        else's). The lookup tells which; a single create and a Bulk operation resolve it alike."""
+        existing = self._find(person)
+        if existing is not None:
+            return self._link(existing, person, detail or "409 uniqueness")
+        return Outcome.permanent(scim_type or "http_409", detail or "409")
 
     def apply_change(self, person: PersonSnapshot, change: AccountChange, state: dict) -> Outcome:
         """Replace the changed attributes and set `active`. Replace is a "set": a replay after a lost
