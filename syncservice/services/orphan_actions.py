@@ -49,10 +49,6 @@ class OrphanRefused(ValueError):
     """Why an orphan cannot be disabled (shown to the operator)."""
 
 
-def can_disable(system: str) -> bool:
-    return bool(getattr(get_backend(system), "can_disable_accounts", False))
-
-
 @transaction.atomic
 def orphans_disable(findings, *, requested_by: str) -> tuple[list[OrphanAction], dict[int, str]]:
     """Queue a disable for each chosen orphan; return the actions opened and, by finding id, why the others
@@ -79,11 +75,11 @@ def orphans_disable(findings, *, requested_by: str) -> tuple[list[OrphanAction],
 def _check(finding: Finding) -> None:
     if finding.kind != Finding.Kind.ORPHAN:
         raise OrphanRefused("只有目标系统多出的账号可以停用")
-    if finding.repair == Finding.Repair.OPENED or OrphanAction.objects.filter(finding=finding).exists():
+    if finding.repair == Finding.Repair.OPENED:  # linked, or its disable queued (both set it)
         raise OrphanRefused("已关联或已发起停用")
     if not finding.external_id:
         raise OrphanRefused("目标系统未给出账号ID")
-    if not can_disable(finding.system):
+    if not get_backend(finding.system).can_disable_accounts:
         raise OrphanRefused(f"{finding.get_system_display()} 不支持停用无对应人员的账号")
     if Account.objects.filter(system=finding.system, external_id=finding.external_id).exists():
         raise OrphanRefused("该账号已是我方账号")
