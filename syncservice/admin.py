@@ -619,11 +619,11 @@ class ReconciliationFindingAdmin(AuditedActionsMixin, ReadOnlyAdminMixin, admin.
 
 
 @admin.register(OrphanAction)
-class OrphanActionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "system", "external_id", "employee_number", "operation", "status", "attempts",
+class OrphanActionAdmin(StatusBadgeMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "system", "external_id", "employee_number", "operation", "status_badge", "attempts",
                     "last_error_code", "requested_by", "created_at", "finished_at")
     list_filter = ("status", "system", "operation")
     search_fields = ("external_id", "employee_number")
-    readonly_fields = [f.name for f in OrphanAction._meta.fields if f.name != "lease_token"]
-    exclude = ("lease_token",)
+    fields = with_badge(f.name for f in OrphanAction._meta.fields if f.name != "lease_token")
+    readonly_fields = fields
     ordering = ("-created_at",)

@@ -239,6 +239,10 @@ def test_an_operator_disables_an_orphan_through_the_queue(provisioned, staff_cli
     entry = AuditEntry.objects.get(action="reconciliation.disable")
     assert (entry.actor, entry.object_id) == ("ops2", str(orphan.pk))
     assert LogEntry.objects.filter(object_id=str(orphan.pk), change_message="停用对账发现的账号").exists()
+    # The operator sees the action's state as the other queues' rows show theirs: a badge.
+    for path in ("/admin/syncservice/orphanaction/", f"/admin/syncservice/orphanaction/{action.pk}/change/"):
+        page = staff_client.get(path)
+        assert page.status_code == 200 and b'data-status="succeeded"' in page.content
     # Our own accounts were not touched.
     assert LocalTargetAccount.objects.filter(system="idaas", active=False).count() == 1
 
