@@ -387,13 +387,10 @@ def sync_hr_source(*, page_size: int | None = None) -> tuple[int, str]:
         except Exception as exc:
             HrSyncState.objects.filter(pk=state.pk).update(last_run_at=timezone.now(), last_error=str(exc)[:2000])
             raise
-        if not leases.still_held(held):
-            # The lease ran out while this copy worked (a long stall) and another copy may be syncing: the
-            # pages written stay (upserts), the watermark is left for the holder to move.
-            logger.warning("HR sync lost its lease; the watermark is not moved")
-            return synced, f"HR sync: {synced} person(s), lease lost: watermark not moved"
         now = timezone.now()
-        # The check and the move are one statement: a lease that runs out between them moves nothing.
+        # If the lease ran out while this copy worked (a long stall), another copy may be syncing: the pages
+        # written stay (upserts), the watermark is left for the holder to move. The check and the move are one
+        # statement, so a lease that runs out between them moves nothing either.
         moved = HrSyncState.objects.filter(pk=state.pk).filter(leases.held_q(held)).update(
             watermark_updated_at=high_water[0], watermark_person_id=high_water[1], last_run_at=now,
             last_success_at=now, last_error="", persons_synced=state.persons_synced + synced,

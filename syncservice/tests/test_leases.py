@@ -62,3 +62,22 @@ def test_a_write_fenced_by_a_lease_moves_nothing_once_the_lease_is_someone_elses
         assert HrSyncState.objects.filter(pk=state.pk).filter(leases.held_q(held)).update(last_error="late") == 0
     state.refresh_from_db()
     assert state.last_error == "mine"
+
+
+def test_an_hr_sync_that_lost_its_lease_mid_run_leaves_the_watermark_alone(monkeypatch):
+    from syncservice.backends.base import HrPage
+    from syncservice.models import HrSyncState
+    from syncservice.services import sync
+
+    class StallingSource:
+        def fetch_changed_persons(self, **kwargs):
+            # A long stall: the lease expired and another copy took it while this one read the source.
+            Lease.objects.filter(scope=sync.HR_SYNC_LOCK).update(holder="elsewhere:3:ghi")
+            return HrPage(persons=[], next_cursor=None)
+
+    monkeypatch.setattr(sync, "get_hr_backend", StallingSource)
+
+    synced, note = sync.sync_hr_source()
+
+    assert (synced, note) == (0, "HR sync: 0 person(s), lease lost: watermark not moved")
+    assert HrSyncState.objects.get(name="default").last_success_at is None
