@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from config.logging import request_id_var
@@ -19,6 +19,7 @@ from syncservice.services.sync import run_sync_stage
 from syncservice.services.tasks import run_task_creation_stage
 
 from .models import StageHeartbeat, TaskRun
+from .selectors import PIPELINE_STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +224,32 @@ def _beat(run: TaskRun) -> None:
     # A failure leaves the time of the last success as it was.
     StageHeartbeat.objects.bulk_create([beat], update_conflicts=True, unique_fields=["stage"],
                                        update_fields=[*fields, "last_succeeded_at"] if succeeded else fields)
+
+
+@dataclass
+class Round:
+    busy: bool = False   # a stage claimed or did something
+    failures: int = 0
+
+
+def pipeline_round(stop, *, out, err, hr_sync: bool = True) -> Round:
+    """Run each stage of the pipeline once (until `stop` is set), as the scheduler does; a stage that fails
+    is written to `err` and the round goes on (stage_run logged and recorded it). `out` gets the summary of
+    every stage that did something."""
+    result = Round()
+    for stage in PIPELINE_STAGES:  # in pipeline order
+        if stop.is_set():
+            break
+        close_old_connections()
+        try:
+            extra = {"stop": stop} if stage == TaskRun.Stage.PROCESS_ACCOUNT_TASKS else {}
+            if stage == TaskRun.Stage.SYNC_HR_PERSONS and not hr_sync:
+                extra["hr_sync"] = False
+            run = stage_run(stage=stage, trigger=TaskRun.Trigger.SCHEDULER, **extra)
+            if not run_is_idle(run):
+                result.busy = True
+                out(f"{stage}: {run.summary}")
+        except Exception as exc:
+            result.failures += 1
+            err(f"{stage} failed: {type(exc).__name__}: {exc}")
+    return result

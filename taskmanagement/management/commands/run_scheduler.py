@@ -5,12 +5,8 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
 
-from taskmanagement.models import TaskRun
-from taskmanagement.services import run_is_idle, stage_run
-
-PIPELINE = [TaskRun.Stage.SYNC_HR_PERSONS, TaskRun.Stage.CREATE_ACCOUNT_TASKS, TaskRun.Stage.PROCESS_ACCOUNT_TASKS]
+from taskmanagement.services import pipeline_round
 
 
 class Command(BaseCommand):
@@ -32,18 +28,7 @@ class Command(BaseCommand):
         self.stdout.write(f"scheduler: running the pipeline every {interval:g} s")
         failures = 0
         while not stop.is_set():
-            for stage in PIPELINE:
-                if stop.is_set():
-                    break
-                close_old_connections()
-                try:
-                    extra = {"stop": stop} if stage == TaskRun.Stage.PROCESS_ACCOUNT_TASKS else {}
-                    run = stage_run(stage=stage, trigger=TaskRun.Trigger.SCHEDULER, **extra)
-                    if not run_is_idle(run):
-                        self.stdout.write(f"{stage}: {run.summary}")
-                except Exception as exc:  # keep the loop alive; the next round retries (stage_run logged it)
-                    failures += 1
-                    self.stderr.write(f"{stage} failed: {type(exc).__name__}: {exc}")
+            failures += pipeline_round(stop, out=self.stdout.write, err=self.stderr.write).failures
             if once:
                 break
             stop.wait(interval)

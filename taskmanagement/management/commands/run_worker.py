@@ -18,10 +18,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from syncservice.services.wakeup import Listener, earliest_due
-from taskmanagement.models import TaskRun
-from taskmanagement.services import run_is_idle, stage_run
-
-from .run_scheduler import PIPELINE
+from taskmanagement.services import pipeline_round
 
 IDLE_FLOOR_SECONDS = 0.2
 
@@ -82,21 +79,11 @@ class Command(BaseCommand):
 
     def _round(self, stop: threading.Event, *, hr_sync: bool) -> bool:
         """Run each stage once; True when any of them did something (the next round then starts at once)."""
-        busy = False
-        for stage in PIPELINE:
-            if stop.is_set():
-                break
-            close_old_connections()
-            try:
-                extra = {"stop": stop} if stage == TaskRun.Stage.PROCESS_ACCOUNT_TASKS else {}
-                if stage == TaskRun.Stage.SYNC_HR_PERSONS:
-                    extra["hr_sync"] = hr_sync
-                run = stage_run(stage=stage, trigger=TaskRun.Trigger.SCHEDULER, **extra)
-                if not run_is_idle(run):
-                    busy = True
-                    self.stdout.write(f"{stage}: {run.summary}")
-                    self.stdout.flush()
-            except Exception as exc:  # keep the worker alive; the next round retries (stage_run logged it)
-                self.stderr.write(f"{stage} failed: {type(exc).__name__}: {exc}")
-                stop.wait(1.0)  # a failing database or backend is not retried in a tight loop
-        return busy
+        def out(line: str) -> None:
+            self.stdout.write(line)
+            self.stdout.flush()
+
+        result = pipeline_round(stop, out=out, err=self.stderr.write, hr_sync=hr_sync)
+        if result.failures:
+            stop.wait(1.0)  # a failing database or backend is not retried in a tight loop
+        return result.busy
